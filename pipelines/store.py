@@ -1,0 +1,213 @@
+"""The versioned store: one Delta Lake table per dataset under a root folder.
+
+A table version is immutable and addressed as `name@version`; reading one is one polars call
+(`pl.read_delta(path, version=v)`). Every `append` is one atomic Delta commit, validated against
+the table's schema kind (recorded in the table's Delta configuration at creation). Lineage
+records and quarantine rows live in two reserved tables of the same store, `_lineage` and
+`quarantine`.
+
+    store = Store("./store")
+    v = store.append("samples", frame, kind="samples")
+    df = store.read("samples@3")
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from pipelines.schemas import SchemaError, get_schema, validate
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+RESERVED = {"_lineage"}
+KIND_KEY = "prefmill.kind"
+DEFAULT_STORE = "./store"
+_CONFLICT_RETRIES = 20
+
+
+class StoreError(ValueError):
+    """A store operation was asked something it cannot do (bad name, unknown table, bad version)."""
+
+
+@dataclass(frozen=True, order=True)
+class TableRef:
+    """A pinned table version, `name@version`."""
+
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, int | None]:
+        """'name' -> (name, None); 'name@3' -> (name, 3). Raises StoreError on malformed input."""
+        name, sep, ver = text.partition("@")
+        check_name(name)
+        if not sep:
+            return name, None
+        if not ver.isdigit():
+            raise StoreError(f"bad version {ver!r} in {text!r}; write NAME@N with N a non-negative integer, e.g. {name}@0")
+        return name, int(ver)
+
+
+def check_name(name: str) -> str:
+    """Table names: lowercase letters, digits, '_', '.', '-'; no '..', no '/', nothing outside the root."""
+    if name in RESERVED:
+        return name
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise StoreError(
+            f"invalid table name {name!r}; use lowercase letters, digits, '_', '.' or '-' "
+            "(no '/', no '..', at most 128 chars), e.g. r1_samples"
+        )
+    return name
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("PREFMILL_STORE", DEFAULT_STORE))
+
+
+class Store:
+    """A folder of versioned Delta tables. Safe for several processes at once (Delta's commit
+    protocol: each version is a put-if-absent log entry; concurrent appends retry)."""
+
+    def __init__(self, root: str | Path | None = None, *, create: bool = True):
+        self.root = Path(root) if root is not None else default_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {str(self.root)!r} is a file, not a folder; pass --store DIR pointing at a folder")
+        if create:
+            (self.root / "tables").mkdir(parents=True, exist_ok=True)
+        elif not (self.root / "tables").is_dir():
+            raise StoreError(f"no prefmill store at {str(self.root)!r}; pass --store DIR (or set PREFMILL_STORE) to an existing store")
+        self._handles: dict[str, object] = {}
+
+    # -- paths and handles -------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        check_name(name)
+        p = (self.root / "tables" / name).resolve()
+        if self.root.resolve() / "tables" not in p.parents:
+            raise StoreError(f"table name {name!r} escapes the store root; use a plain name like r1_samples")
+        return p
+
+    def exists(self, name: str) -> bool:
+        return (self.path(name) / "_delta_log").is_dir() and any((self.path(name) / "_delta_log").glob("*.json"))
+
+    def _table(self, name: str, *, fresh: bool = True):
+        from deltalake import DeltaTable
+
+        if not self.exists(name):
+            raise StoreError(f"unknown table {name!r} in store {str(self.root)!r}; `prefmill datasets list` shows the tables")
+        dt = self._handles.get(name)
+        if dt is None:
+            dt = DeltaTable(str(self.path(name)))
+            self._handles[name] = dt
+        elif fresh:
+            dt.update_incremental()
+        return dt
+
+    # -- metadata ----------------------------------------------------------------------
+    def tables(self, *, include_internal: bool = False) -> list[str]:
+        base = self.root / "tables"
+        if not base.is_dir():
+            return []
+        names = sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir())
+        return [n for n in names if include_internal or not n.startswith("_")]
+
+    def version(self, name: str) -> int:
+        return self._table(name).version()
+
+    def kind(self, name: str) -> str:
+        conf = self._table(name, fresh=False).metadata().configuration
+        return conf.get(KIND_KEY, "unknown")
+
+    def ref(self, name_or_ref: str | TableRef, version: int | None = None) -> TableRef:
+        """Resolve 'name', 'name@v' or a TableRef to a TableRef that exists."""
+        if isinstance(name_or_ref, TableRef):
+            name, version = name_or_ref.name, name_or_ref.version
+        else:
+            name, v = TableRef.parse(name_or_ref)
+            version = v if v is not None else version
+        latest = self.version(name)
+        if version is None:
+            return TableRef(name, latest)
+        if version < 0 or version > latest:
+            raise StoreError(f"table {name!r} has no version {version}; versions run 0..{latest}")
+        return TableRef(name, version)
+
+    def history(self, name: str) -> list[dict]:
+        return self._table(name).history()
+
+    # -- reads -------------------------------------------------------------------------
+    def scan(self, ref: str | TableRef) -> pl.LazyFrame:
+        r = self.ref(ref)
+        return pl.scan_delta(str(self.path(r.name)), version=r.version)
+
+    def read(self, ref: str | TableRef, *, columns: list[str] | None = None) -> pl.DataFrame:
+        r = self.ref(ref)
+        return pl.read_delta(str(self.path(r.name)), version=r.version, columns=columns)
+
+    def keys(self, name: str, *, column: str | None = None, version: int | None = None) -> pl.Series:
+        """The key column (or another column) of a table version; empty if the table does not exist."""
+        if not self.exists(name):
+            return pl.Series(column or "key", [], dtype=pl.String)
+        col = column or get_schema(self.kind(name)).key
+        return self.read(self.ref(name, version), columns=[col]).get_column(col)
+
+    # -- writes ------------------------------------------------------------------------
+    def append(self, name: str, frame: pl.DataFrame, *, kind: str, metadata: dict | None = None) -> int:
+        """Validate and append `frame` as one atomic commit; return the new version.
+
+        The first append creates the table and records its kind; later appends must name the
+        same kind. Concurrent writers are safe: a conflicting commit is retried.
+        """
+        if self.exists(name) and self.kind(name) != kind:
+            raise SchemaError(f"table {name!r} holds {self.kind(name)!r} rows, not {kind!r}; write to another table name")
+        data = validate(frame, kind).to_arrow()
+        return self._commit(name, data, kind=kind, metadata=metadata)
+
+    def _commit(self, name: str, data, *, kind: str, metadata: dict | None) -> int:
+        from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        props = CommitProperties(custom_metadata=metadata or None, max_commit_retries=_CONFLICT_RETRIES)
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                if self.exists(name):
+                    dt = self._table(name, fresh=False)
+                    write_deltalake(dt, data, mode="append", commit_properties=props)
+                    dt.update_incremental()
+                    return dt.version()
+                write_deltalake(str(self.path(name)), data, mode="append", configuration={KIND_KEY: kind},
+                                commit_properties=props)
+                return self._table(name).version()
+            except (CommitFailedError, DeltaError) as e:
+                # Two processes creating the same table race for version 0: the loser retries as
+                # an append. Any other error is real and propagates.
+                if "already exists" not in str(e) and "conflict" not in str(e).lower() or attempt == _CONFLICT_RETRIES - 1:
+                    raise
+                self._handles.pop(name, None)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def delete_keys(self, name: str, keys: Iterable[str], *, metadata: dict | None = None) -> int:
+        """Remove rows by key in one commit (older versions keep them); return the new version."""
+        from deltalake import CommitProperties
+
+        keys = list(keys)
+        dt = self._table(name)
+        if not keys:
+            return dt.version()
+        col = get_schema(self.kind(name)).key
+        quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+        dt.delete(f"{col} IN ({quoted})", commit_properties=CommitProperties(custom_metadata=metadata or None))
+        dt.update_incremental()
+        return dt.version()
+
+    def compact(self, name: str) -> None:
+        """Write a checkpoint so later opens do not replay the whole log."""
+        self._table(name).create_checkpoint()

@@ -2,7 +2,7 @@
 
 A table version is immutable and addressed as `name@version`; reading one is one polars call
 (`pl.read_delta(path, version=v)`). Every `append` is one atomic Delta commit, validated against
-the table's schema kind (recorded in the table's Delta configuration at creation). Lineage
+the table's schema kind (recorded in the Delta table description at creation). Lineage
 records and quarantine rows live in two reserved tables of the same store, `_lineage` and
 `quarantine`.
 
@@ -25,7 +25,7 @@ from pipelines.schemas import SchemaError, get_schema, validate
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 RESERVED = {"_lineage"}
-KIND_KEY = "prefmill.kind"
+KIND_PREFIX = "prefmill-kind:"
 DEFAULT_STORE = "./store"
 _CONFLICT_RETRIES = 20
 
@@ -122,8 +122,8 @@ class Store:
         return self._table(name).version()
 
     def kind(self, name: str) -> str:
-        conf = self._table(name, fresh=False).metadata().configuration
-        return conf.get(KIND_KEY, "unknown")
+        desc = self._table(name, fresh=False).metadata().description or ""
+        return desc[len(KIND_PREFIX):] if desc.startswith(KIND_PREFIX) else "unknown"
 
     def ref(self, name_or_ref: str | TableRef, version: int | None = None) -> TableRef:
         """Resolve 'name', 'name@v' or a TableRef to a TableRef that exists."""
@@ -182,7 +182,7 @@ class Store:
                     write_deltalake(dt, data, mode="append", commit_properties=props)
                     dt.update_incremental()
                     return dt.version()
-                write_deltalake(str(self.path(name)), data, mode="append", configuration={KIND_KEY: kind},
+                write_deltalake(str(self.path(name)), data, mode="append", description=KIND_PREFIX + kind,
                                 commit_properties=props)
                 return self._table(name).version()
             except (CommitFailedError, DeltaError) as e:

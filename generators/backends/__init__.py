@@ -1,0 +1,1 @@
+"""Model backends: vLLM offline, OpenAI-compatible HTTP, transformers. See base.py for the interface."""

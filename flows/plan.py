@@ -1,0 +1,106 @@
+"""The stage plan of a recipe with estimated generations and tokens, for `prefmill run --dry-run`.
+Writes nothing. Estimates are upper bounds on tokens (every sample assumed to reach max_tokens).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flows.recipe import Recipe
+
+_JUDGE_KINDS = {"judge", "pairwise_judge", "critique"}
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    round: int
+    stage: str
+    output: str
+    generations: int
+    max_new_tokens: int
+    note: str = ""
+
+
+def count_seed_prompts(recipe: Recipe) -> int:
+    """Seed rows (cheap: counts lines / parquet metadata), or the topic tree's quota."""
+    p = recipe.prompts
+    n = 0
+    if p.seeds:
+        path = Path(p.seeds.path)
+        if path.suffix == ".jsonl" or p.seeds.format == "jsonl":
+            n = sum(1 for line in path.open() if line.strip()) if path.is_file() else 0
+        elif path.suffix == ".parquet" or p.seeds.format == "parquet":
+            import pyarrow.parquet as pq
+            n = pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
+        elif path.is_dir():
+            from datasets import load_from_disk  # memory-mapped: counting rows reads no data
+            ds = load_from_disk(str(path))
+            n = sum(len(d) for d in ds.values()) if hasattr(ds, "values") else len(ds)
+        if p.seeds.limit:
+            n = min(n, p.seeds.limit)
+    if p.topics:
+        t = p.topics
+        n_topics = len(t.topics) or t.n_topics
+        n += n_topics * t.subtopics_per_topic * t.prompts_per_subtopic * len(t.task_types)
+    if p.max_prompts:
+        n = min(n, p.max_prompts)
+    return n
+
+
+def table_name(recipe: Recipe, what: str, round_: int | None = None) -> str:
+    return f"{recipe.name}.{what}" if round_ is None else f"{recipe.name}.r{round_}.{what}"
+
+
+def plan(recipe: Recipe) -> list[PlannedStage]:
+    n_prompts = count_seed_prompts(recipe)
+    held = int(round(n_prompts * recipe.prompts.heldout_fraction))
+    train = n_prompts - held
+    if recipe.eval.max_prompts:
+        held = min(held, recipe.eval.max_prompts)
+    s, out = recipe.sampling, []
+    if recipe.prompts.topics:
+        t = recipe.prompts.topics
+        n_topics = len(t.topics) or t.n_topics
+        gens = (0 if t.topics else 1) + n_topics + n_topics * t.subtopics_per_topic * len(t.task_types)
+        gens += n_prompts if t.refine else 0
+        out.append(PlannedStage(0, "topics+prompts", table_name(recipe, "prompts"), gens, 512, "topic tree"))
+    else:
+        out.append(PlannedStage(0, "import seeds", table_name(recipe, "prompts"), 0, 0, f"{n_prompts} seed prompts"))
+    if recipe.prompts.evolve:
+        out.append(PlannedStage(0, "evolve", table_name(recipe, "prompts"), n_prompts * len(recipe.prompts.evolve), 512))
+    out.append(PlannedStage(0, "eval base", table_name(recipe, "evals"), held, recipe.eval.max_tokens, f"{held} held-out prompts"))
+    for k in range(1, max(recipe.rounds.count, 1) + 1):
+        out.append(PlannedStage(k, f"sample ({s.mode})", table_name(recipe, "samples", k), train * s.n, s.max_tokens,
+                                f"{train} prompts x n={s.n}"))
+        for sc in recipe.scoring:
+            judged = sc.kind in _JUDGE_KINDS or (recipe.rounds.self_rewarding and sc.model == "policy")
+            k_judge = int(sc.options.get("k", 1)) * (2 if sc.kind == "pairwise_judge" else 1)
+            out.append(PlannedStage(k, f"score ({sc.kind})", table_name(recipe, "scores", k),
+                                    train * s.n * k_judge if judged else 0, 256 if judged else 0))
+        out.append(PlannedStage(k, f"filter+pairs ({recipe.pairs.strategy})", table_name(recipe, "pairs", k), 0, 0))
+        if recipe.rounds.count == 0:
+            break
+        out.append(PlannedStage(k, f"train ({recipe.training.trainer}/{recipe.training.loss})", "models", 0, 0,
+                                f"lr={recipe.training.learning_rate} beta={recipe.training.beta}"))
+        out.append(PlannedStage(k, "eval", table_name(recipe, "evals"), held, recipe.eval.max_tokens))
+    return out
+
+
+def format_plan(recipe: Recipe, stages: list[PlannedStage]) -> str:
+    rows = [f"recipe {recipe.name}: {len(stages)} stages, policy {recipe.policy.model} on {recipe.policy.backend}",
+            f"{'round':>5}  {'stage':<34} {'output':<34} {'generations':>11} {'max tokens':>12}  note"]
+    tot_g = tot_t = 0
+    for st in stages:
+        toks = st.generations * st.max_new_tokens
+        tot_g, tot_t = tot_g + st.generations, tot_t + toks
+        rows.append(f"{st.round:>5}  {st.stage:<34} {st.output:<34} {st.generations:>11,} {toks:>12,}  {st.note}")
+    rows.append(f"{'total':>5}  {'':<34} {'':<34} {tot_g:>11,} {tot_t:>12,}  (tokens are an upper bound)")
+    b = recipe.budget
+    if b.max_generations and tot_g > b.max_generations or b.max_tokens and tot_t > b.max_tokens:
+        rows.append(f"budget: the run will stop cleanly at max_generations={b.max_generations}, max_tokens={b.max_tokens}")
+    return "\n".join(rows)
+
+
+def plan_json(stages: list[PlannedStage]) -> list[dict]:
+    return [asdict(s) for s in stages]

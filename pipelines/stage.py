@@ -27,8 +27,8 @@ import polars as pl
 
 from pipelines.lineage import LINEAGE_TABLE, fingerprint, make_record
 from pipelines.quarantine import QUARANTINE_TABLE, quarantine_frame
-from pipelines.schemas import get_schema
-from pipelines.store import Store, StoreError, TableRef
+from pipelines.schemas import SchemaError, empty, get_schema
+from pipelines.store import RESERVED, Store, StoreError, TableRef
 
 log = logging.getLogger("prefmill.stage")
 
@@ -52,25 +52,55 @@ def lineage_of(store: Store, name: str) -> pl.DataFrame:
 
 
 class StageRun:
+    """One run of a stage writing one output table (see the module docstring)."""
+
     def __init__(self, store: Store, *, stage: str, output: str, kind: str, parents: Iterable[TableRef | str] = (),
                  config: Any = None, models: Any = None, templates: Any = None):
         self.store, self.stage, self.output, self.kind = store, stage, output, kind
         store.path(output)  # validates the name
+        if output in RESERVED:
+            raise StoreError(f"{output!r} is a reserved table; choose another output name for stage {stage!r}")
         self.key = get_schema(kind).key
+        if kind in RESERVED.values():
+            raise StoreError(f"stages cannot write {kind!r} tables; choose an output kind such as samples or pairs")
         self.parents = [str(store.ref(p)) for p in parents]
         self.config, self.models, self.templates = config or {}, models or {}, templates or {}
         self.fingerprint = fingerprint(stage=stage, output=output, parents=self.parents, config=self.config,
                                        models=self.models, templates=self.templates)
+        if store.exists(output) and store.kind(output) != kind:
+            raise StoreError(f"table {output!r} holds {store.kind(output)!r} rows, not {kind!r}; choose another output name")
         self.reused = find_complete(store, output, self.fingerprint)
         self._t0 = time.perf_counter()
         self._written = 0
-        if store.exists(output) and store.kind(output) != kind:
-            raise StoreError(f"table {output!r} holds {store.kind(output)!r} rows, not {kind!r}; choose another output name")
+        self._keys: set[str] = set()     # committed keys of the output as of version self._ver
+        self._ver = -1
+        self._qkeys: set[str] | None = None   # quarantine ids of this run (loaded lazily)
 
     # -- resume ------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Bring the committed-key cache up to the output's latest version: read only the data
+        files that commits since the cached version added (a reload if any commit removed files)."""
+        if not self.store.exists(self.output):
+            self._keys, self._ver = set(), -1
+            return
+        latest = self.store.version(self.output)
+        if latest == self._ver:
+            return
+        delta = self.store.changes(self.output, since=self._ver, until=latest) if self._ver >= 0 else None
+        if delta is None or delta[1]:
+            self._keys = set(self.store.keys(self.output, version=latest).to_list())
+        elif delta[0]:
+            new = pl.read_parquet([str(f) for f in delta[0]], columns=[self.key]).get_column(self.key)
+            self._keys.update(new.to_list())
+        self._ver = latest
+
     def done_keys(self, column: str | None = None) -> set[str]:
-        """Keys already committed to the output, plus keys this run's fingerprint quarantined."""
-        done = set(self.store.keys(self.output, column=column).to_list()) if self.store.exists(self.output) else set()
+        """Keys already committed to the output, plus keys this run's fingerprint quarantined.
+        With `column`, the distinct values of that column of the output instead (no quarantine)."""
+        if column is not None and column != self.key:
+            return set(self.store.keys(self.output, column=column).to_list()) if self.store.exists(self.output) else set()
+        self._refresh()
+        done = set(self._keys)
         if column is None and self.store.exists(QUARANTINE_TABLE):
             q = self.store.read(QUARANTINE_TABLE, columns=["run", "row_key"]).filter(pl.col("run") == self.fingerprint)
             done |= set(q.get_column("row_key").to_list())
@@ -78,16 +108,28 @@ class StageRun:
 
     # -- writes ------------------------------------------------------------------------
     def write(self, frame: pl.DataFrame) -> int | None:
-        """Commit one batch (atomically); rows whose key is already committed are skipped."""
+        """Commit one batch (atomically); rows whose key is already committed are skipped.
+        Returns the new version, or None when nothing was left to write."""
         if frame.is_empty():
             return None
-        if self.store.exists(self.output):
-            have = self.store.keys(self.output)
-            frame = frame.filter(~pl.col(self.key).is_in(have.implode()))
+        if self.key not in frame.columns:
+            raise SchemaError(f"{self.kind}: missing key column {self.key}; every row needs its content-hash key")
+        with self.store.lock(self.output):
+            self._refresh()
+            keys = frame.get_column(self.key).to_list()
+            if self._keys:
+                mask = [k not in self._keys for k in keys]
+                if not all(mask):
+                    frame = frame.filter(pl.Series(mask))
+                    keys = [k for k, m in zip(keys, mask) if m]
             if frame.is_empty():
                 return None
-        v = self.store.append(self.output, frame, kind=self.kind,
-                              metadata={"stage": self.stage, "run": self.fingerprint})
+            before = self._ver
+            v = self.store.append(self.output, frame, kind=self.kind,
+                                  metadata={"stage": self.stage, "run": self.fingerprint})
+            if v == before + 1:      # nobody committed in between: the cache stays exact
+                self._keys.update(keys)
+                self._ver = v
         self._written += frame.height
         return v
 
@@ -96,37 +138,48 @@ class StageRun:
         frame = quarantine_frame(self.fingerprint, self.stage, self.output, rows)
         if frame.is_empty():
             return 0
-        if self.store.exists(QUARANTINE_TABLE):
-            have = self.store.keys(QUARANTINE_TABLE)
-            frame = frame.filter(~pl.col("quarantine_id").is_in(have.implode()))
-        if not frame.is_empty():
-            self.store.append(QUARANTINE_TABLE, frame, kind="quarantine")
+        with self.store.lock(QUARANTINE_TABLE):
+            if self.store.exists(QUARANTINE_TABLE):
+                have = self.store.read(QUARANTINE_TABLE, columns=["run", "quarantine_id"]).filter(
+                    pl.col("run") == self.fingerprint).get_column("quarantine_id")
+                frame = frame.filter(~pl.col("quarantine_id").is_in(have.implode()))
+            if not frame.is_empty():
+                self.store.append(QUARANTINE_TABLE, frame, kind="quarantine",
+                                  metadata={"stage": self.stage, "run": self.fingerprint})
         return frame.height
 
     def drops(self) -> dict[str, int]:
+        """Quarantined rows of this run's fingerprint, counted by reason."""
         if not self.store.exists(QUARANTINE_TABLE):
             return {}
         q = self.store.read(QUARANTINE_TABLE, columns=["run", "reason"]).filter(pl.col("run") == self.fingerprint)
-        return {r: int(n) for r, n in q.group_by("reason").len().iter_rows()}
+        return {r: int(n) for r, n in q.group_by("reason").len().sort("reason").iter_rows()}
 
     def finish(self, *, rows_in: int, target_keys: Iterable[str] | None = None) -> TableRef:
         """Prune stale rows (if target_keys given), then commit the completion record. Returns
         the completed version. An empty output still gets a version (an empty first commit)."""
-        if not self.store.exists(self.output):
-            from pipelines.schemas import empty
-            self.store.append(self.output, empty(self.kind), kind=self.kind, metadata={"stage": self.stage})
-        if target_keys is not None:
-            target = set(target_keys)
-            stale = [k for k in self.store.keys(self.output).to_list() if k not in target]
-            if stale:
-                log.info("%s: removing %d rows of an earlier config from %s", self.stage, len(stale), self.output)
-                self.store.delete_keys(self.output, stale, metadata={"stage": self.stage, "run": self.fingerprint})
-        version = self.store.version(self.output)
-        rows_out = self.store.read(f"{self.output}@{version}", columns=[self.key]).height
-        rec = make_record(table=self.output, version=version, stage=self.stage, fp=self.fingerprint,
-                          parents=self.parents, config=self.config, models=self.models, templates=self.templates,
-                          rows_in=rows_in, rows_out=rows_out, drops=self.drops(),
-                          wall_s=time.perf_counter() - self._t0)
-        self.store.append(LINEAGE_TABLE, pl.DataFrame([rec], schema=get_schema("lineage").schema), kind="lineage")
+        with self.store.lock(self.output):
+            if not self.store.exists(self.output):
+                self.store.append(self.output, empty(self.kind), kind=self.kind,
+                                  metadata={"stage": self.stage, "run": self.fingerprint})
+            if target_keys is not None:
+                target = set(target_keys)
+                self._refresh()
+                stale = [k for k in self._keys if k not in target]
+                if stale:
+                    log.info("%s: removing %d rows of an earlier config from %s", self.stage, len(stale), self.output)
+                    self.store.delete_keys(self.output, stale, metadata={"stage": self.stage, "run": self.fingerprint})
+            version = self.store.version(self.output)
+            done = find_complete(self.store, self.output, self.fingerprint)
+            if done is not None and done.version == version:   # finished twice: one record is enough
+                self.reused = None
+                return done
+            rows_out = self.store.count(TableRef(self.output, version))
+            rec = make_record(table=self.output, version=version, stage=self.stage, fp=self.fingerprint,
+                              parents=self.parents, config=self.config, models=self.models, templates=self.templates,
+                              rows_in=rows_in, rows_out=rows_out, drops=self.drops(),
+                              wall_s=time.perf_counter() - self._t0)
+            self.store.append(LINEAGE_TABLE, pl.DataFrame([rec], schema=get_schema("lineage").schema), kind="lineage")
         self.reused = None
+        log.info("%s: completed %s@%d (%d rows in, %d out)", self.stage, self.output, version, rows_in, rows_out)
         return TableRef(self.output, version)

@@ -4,7 +4,8 @@ A table version is immutable and addressed as `name@version`; reading one is one
 (`pl.read_delta(path, version=v)`). Every `append` is one atomic Delta commit, validated against
 the table's schema kind (recorded in the Delta table description at creation). Lineage
 records and quarantine rows live in two reserved tables of the same store, `_lineage` and
-`quarantine`.
+`quarantine`. Layout: `ROOT/tables/NAME/` (a Delta table), `ROOT/locks/NAME.lock` (advisory
+locks that StageRun holds while it checks keys and commits a batch).
 
     store = Store("./store")
     v = store.append("samples", frame, kind="samples")
@@ -12,22 +13,27 @@ records and quarantine rows live in two reserved tables of the same store, `_lin
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import polars as pl
 
 from pipelines.schemas import SchemaError, get_schema, validate
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-RESERVED = {"_lineage"}
+RESERVED = {"_lineage": "lineage", "quarantine": "quarantine"}   # reserved table -> the only kind it holds
 KIND_PREFIX = "prefmill-kind:"
 DEFAULT_STORE = "./store"
 _CONFLICT_RETRIES = 20
+_FIRST_COMMIT = "00000000000000000000.json"
 
 
 class StoreError(ValueError):
@@ -47,23 +53,27 @@ class TableRef:
     @classmethod
     def parse(cls, text: str) -> tuple[str, int | None]:
         """'name' -> (name, None); 'name@3' -> (name, 3). Raises StoreError on malformed input."""
+        if not isinstance(text, str):
+            raise StoreError(f"bad table reference {text!r}; write NAME or NAME@VERSION, e.g. r1_samples@3")
         name, sep, ver = text.partition("@")
         check_name(name)
         if not sep:
             return name, None
-        if not ver.isdigit():
+        if not ver.isascii() or not ver.isdigit():
             raise StoreError(f"bad version {ver!r} in {text!r}; write NAME@N with N a non-negative integer, e.g. {name}@0")
         return name, int(ver)
 
 
 def check_name(name: str) -> str:
-    """Table names: lowercase letters, digits, '_', '.', '-'; no '..', no '/', nothing outside the root."""
-    if name in RESERVED:
+    """Table names: lowercase letters, digits, '_', '.', '-'; no '..', no '/', nothing outside the root.
+    The reserved internal table `_lineage` is accepted (reads of it are legitimate)."""
+    if isinstance(name, str) and name in RESERVED:
         return name
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        shown = repr(name).replace("\n", "\\n")
         raise StoreError(
-            f"invalid table name {name!r}; use lowercase letters, digits, '_', '.' or '-' "
-            "(no '/', no '..', at most 128 chars), e.g. r1_samples"
+            f"invalid table name {shown}; use lowercase letters, digits, '_', '.' or '-' "
+            "(starting with a letter or digit, no '/', no '..', at most 128 chars), e.g. r1_samples"
         )
     return name
 
@@ -74,7 +84,9 @@ def default_root() -> Path:
 
 class Store:
     """A folder of versioned Delta tables. Safe for several processes at once (Delta's commit
-    protocol: each version is a put-if-absent log entry; concurrent appends retry)."""
+    protocol: each version is a put-if-absent log entry; concurrent appends retry).
+
+    `create=False` opens an existing store only (read commands must not create one)."""
 
     def __init__(self, root: str | Path | None = None, *, create: bool = True):
         self.root = Path(root) if root is not None else default_root()
@@ -84,46 +96,64 @@ class Store:
             (self.root / "tables").mkdir(parents=True, exist_ok=True)
         elif not (self.root / "tables").is_dir():
             raise StoreError(f"no prefmill store at {str(self.root)!r}; pass --store DIR (or set PREFMILL_STORE) to an existing store")
+        self._base = (self.root / "tables").resolve()
         self._handles: dict[str, object] = {}
+        self._kinds: dict[str, str] = {}
 
     # -- paths and handles -------------------------------------------------------------
     def path(self, name: str) -> Path:
         check_name(name)
-        p = (self.root / "tables" / name).resolve()
-        if self.root.resolve() / "tables" not in p.parents:
+        p = (self._base / name).resolve()
+        if p.parent != self._base:
             raise StoreError(f"table name {name!r} escapes the store root; use a plain name like r1_samples")
         return p
 
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "_delta_log").is_dir() and any((self.path(name) / "_delta_log").glob("*.json"))
+        log_dir = self.path(name) / "_delta_log"
+        return (log_dir / _FIRST_COMMIT).is_file() or (log_dir / "_last_checkpoint").is_file()
 
     def _table(self, name: str, *, fresh: bool = True):
         from deltalake import DeltaTable
 
-        if not self.exists(name):
-            raise StoreError(f"unknown table {name!r} in store {str(self.root)!r}; `prefmill datasets list` shows the tables")
         dt = self._handles.get(name)
         if dt is None:
+            if not self.exists(name):
+                raise StoreError(f"unknown table {name!r} in store {str(self.root)!r}; `prefmill datasets list` shows the tables")
             dt = DeltaTable(str(self.path(name)))
             self._handles[name] = dt
         elif fresh:
             dt.update_incremental()
         return dt
 
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive advisory lock on one table (same host), held by StageRun while it checks
+        committed keys and commits a batch, so two runs never commit the same key twice."""
+        check_name(name)
+        (self.root / "locks").mkdir(exist_ok=True)
+        with open(self.root / "locks" / f"{name}.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     # -- metadata ----------------------------------------------------------------------
     def tables(self, *, include_internal: bool = False) -> list[str]:
         base = self.root / "tables"
         if not base.is_dir():
             return []
-        names = sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir())
+        names = sorted(p.name for p in base.iterdir() if p.is_dir() and self.exists(p.name))
         return [n for n in names if include_internal or not n.startswith("_")]
 
     def version(self, name: str) -> int:
         return self._table(name).version()
 
     def kind(self, name: str) -> str:
-        desc = self._table(name, fresh=False).metadata().description or ""
-        return desc[len(KIND_PREFIX):] if desc.startswith(KIND_PREFIX) else "unknown"
+        if name not in self._kinds:
+            desc = self._table(name, fresh=False).metadata().description or ""
+            self._kinds[name] = desc[len(KIND_PREFIX):] if desc.startswith(KIND_PREFIX) else "unknown"
+        return self._kinds[name]
 
     def ref(self, name_or_ref: str | TableRef, version: int | None = None) -> TableRef:
         """Resolve 'name', 'name@v' or a TableRef to a TableRef that exists."""
@@ -140,7 +170,36 @@ class Store:
         return TableRef(name, version)
 
     def history(self, name: str) -> list[dict]:
+        """Delta commit history, newest first (operation, timestamp, custom metadata, version)."""
         return self._table(name).history()
+
+    def count(self, ref: str | TableRef) -> int:
+        """Row count of a version from the Delta log's file statistics (reads no data)."""
+        from deltalake import DeltaTable
+
+        r = self.ref(ref)
+        adds = DeltaTable(str(self.path(r.name)), version=r.version).get_add_actions(flatten=True)
+        counts = pl.DataFrame(adds).get_column("num_records") if adds.num_rows else pl.Series([0])
+        if counts.null_count():
+            return self.read(r, columns=[get_schema(self.kind(r.name)).key]).height
+        return int(counts.sum())
+
+    def changes(self, name: str, *, since: int, until: int) -> tuple[list[Path], list[Path]] | None:
+        """Data files (added, removed) by commits since+1..until, read from the Delta log.
+        None when a commit file is gone (log cleaned up after a checkpoint): reload instead."""
+        base, added, removed = self.path(name), [], []
+        for v in range(since + 1, until + 1):
+            try:
+                text = (base / "_delta_log" / f"{v:020d}.json").read_text()
+            except FileNotFoundError:
+                return None
+            for line in text.splitlines():
+                action = json.loads(line) if line.strip() else {}
+                if "add" in action:
+                    added.append(base / unquote(action["add"]["path"]))
+                elif "remove" in action:
+                    removed.append(base / unquote(action["remove"]["path"]))
+        return added, removed
 
     # -- reads -------------------------------------------------------------------------
     def scan(self, ref: str | TableRef) -> pl.LazyFrame:
@@ -165,10 +224,19 @@ class Store:
         The first append creates the table and records its kind; later appends must name the
         same kind. Concurrent writers are safe: a conflicting commit is retried.
         """
-        if self.exists(name) and self.kind(name) != kind:
-            raise SchemaError(f"table {name!r} holds {self.kind(name)!r} rows, not {kind!r}; write to another table name")
+        self._check_kind(name, kind)
         data = validate(frame, kind).to_arrow()
         return self._commit(name, data, kind=kind, metadata=metadata)
+
+    def _check_kind(self, name: str, kind: str) -> None:
+        get_schema(kind)
+        if name in RESERVED and RESERVED[name] != kind:
+            raise StoreError(f"table name {name!r} is reserved for {RESERVED[name]} rows; write {kind} rows to another table name")
+        if name not in RESERVED and kind in RESERVED.values():
+            owner = next(n for n, k in RESERVED.items() if k == kind)
+            raise StoreError(f"{kind} rows belong in the reserved table {owner!r}, not {name!r}")
+        if self.exists(name) and self.kind(name) != kind:
+            raise SchemaError(f"table {name!r} holds {self.kind(name)!r} rows, not {kind!r}; write to another table name")
 
     def _commit(self, name: str, data, *, kind: str, metadata: dict | None) -> int:
         from deltalake import CommitProperties, write_deltalake
@@ -177,18 +245,21 @@ class Store:
         props = CommitProperties(custom_metadata=metadata or None, max_commit_retries=_CONFLICT_RETRIES)
         for attempt in range(_CONFLICT_RETRIES):
             try:
+                if attempt:
+                    self._check_kind(name, kind)   # the race winner may have created another kind
                 if self.exists(name):
                     dt = self._table(name, fresh=False)
                     write_deltalake(dt, data, mode="append", commit_properties=props)
-                    dt.update_incremental()
-                    return dt.version()
-                write_deltalake(str(self.path(name)), data, mode="append", description=KIND_PREFIX + kind,
+                    return dt.version()   # the handle now stands at the version this write committed
+                # Creating: mode="error" so that losing the race for version 0 raises instead
+                # of silently appending; the loser retries as an append.
+                write_deltalake(str(self.path(name)), data, mode="error", description=KIND_PREFIX + kind,
                                 commit_properties=props)
-                return self._table(name).version()
+                return 0
             except (CommitFailedError, DeltaError) as e:
                 # Two processes creating the same table race for version 0: the loser retries as
                 # an append. Any other error is real and propagates.
-                if "already exists" not in str(e) and "conflict" not in str(e).lower() or attempt == _CONFLICT_RETRIES - 1:
+                if ("already exists" not in str(e) and "conflict" not in str(e).lower()) or attempt == _CONFLICT_RETRIES - 1:
                     raise
                 self._handles.pop(name, None)
                 time.sleep(0.05 * (attempt + 1))
@@ -198,14 +269,15 @@ class Store:
         """Remove rows by key in one commit (older versions keep them); return the new version."""
         from deltalake import CommitProperties
 
-        keys = list(keys)
+        keys = pl.Series("k", list(keys), dtype=pl.String).unique()
         dt = self._table(name)
-        if not keys:
+        if keys.is_empty():
             return dt.version()
         col = get_schema(self.kind(name)).key
-        quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
-        dt.delete(f"{col} IN ({quoted})", commit_properties=CommitProperties(custom_metadata=metadata or None))
-        dt.update_incremental()
+        (dt.merge(keys.to_frame().to_arrow(), predicate=f"t.{col} = s.k", source_alias="s", target_alias="t",
+                  commit_properties=CommitProperties(custom_metadata=metadata or None,
+                                                     max_commit_retries=_CONFLICT_RETRIES))
+         .when_matched_delete().execute())
         return dt.version()
 
     def compact(self, name: str) -> None:

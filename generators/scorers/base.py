@@ -1,6 +1,6 @@
 """What every model-based scorer returns and exposes.
 
-A scorer is built from its config, `load()`ed, asked `evaluate(prompts, responses)` and
+A scorer is built from its config, `load()`ed, asked `evaluate(prompts, responses, references=None)` and
 `close()`d. `evaluate` returns one `ScoreResult` per response, in order; a result whose
 `failure` is set (an unreadable judge reply, a non-finite score) carries no usable score and
 is quarantined by the stage with its raw text. `id` names the scorer in score keys (kind, name,
@@ -56,7 +56,8 @@ class Scorer(Protocol):
 
     def load(self) -> None: ...
 
-    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> list[ScoreResult]: ...
+    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], *,
+                 references: Sequence[str | None] | None = None) -> list[ScoreResult]: ...
 
     def close(self) -> None: ...
 

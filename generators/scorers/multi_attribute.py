@@ -112,7 +112,9 @@ class MultiAttributeRM:
     def score(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> list[float]:
         return [self.aggregate(a) for a in self.score_attributes(prompts, responses)]
 
-    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> list[ScoreResult]:
+    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], *,
+                 references: Sequence[str | None] | None = None) -> list[ScoreResult]:
+        """Uniform scorer interface (see generators/scorers/base.py); references are not used."""
         logits, truncated = self._clf.logits(prompts, responses, batch_size=self.cfg.batch_size)
         out = []
         for row, cut in zip(logits, truncated):

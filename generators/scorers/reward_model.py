@@ -92,7 +92,9 @@ class RewardModel:
         logits, _ = self._clf.logits(prompts, responses, batch_size=self.cfg.batch_size)
         return [float(x) for x in logits[:, 0]]
 
-    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> list[ScoreResult]:
+    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], *,
+                 references: Sequence[str | None] | None = None) -> list[ScoreResult]:
+        """Uniform scorer interface (see generators/scorers/base.py); references are not used."""
         logits, truncated = self._clf.logits(prompts, responses, batch_size=self.cfg.batch_size)
         out = []
         for value, cut in zip(logits[:, 0], truncated):

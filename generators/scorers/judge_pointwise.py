@@ -1,0 +1,80 @@
+"""Pointwise LLM judge with the additive 5-point rubric of Self-Rewarding Language Models
+(Yuan et al. 2024), template generators/templates/judge_pointwise.jinja.
+
+    judge = PointwiseJudge(PointwiseJudgeConfig(backend=BackendConfig(model="smollm2"), k=3,
+                                                temperature=0.7))
+    judge.load()
+    [r.score for r in judge.evaluate(prompts, responses)]   # mean of k parsed scores
+
+Each response is judged k times (one backend call, n=k); the score is the mean of the parsed
+scores, `spread` their population std, `text` the JSON list of all k judge replies and
+`details` the individual scores. If fewer than `min_parsed` replies can be read, the result is a
+ParseFailure carrying every raw reply, which the stage quarantines (never a silent 0).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from generators.backends.base import Backend, Conversation
+from generators.scorers.base import ScoreResult
+from generators.scorers.judge_parse import ParseFailure, parse_score
+from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
+
+
+class PointwiseJudgeConfig(JudgeConfigBase):
+    kind: Literal["judge"] = Field("judge", description="scorer kind: pointwise LLM judge")
+    template: str = Field("judge_pointwise.jinja", description="judge prompt template (additive 5-point rubric)")
+    k: int = Field(1, ge=1, description="judge samples per response; score = mean, spread = std")
+    min_parsed: int | None = Field(None, ge=1, description="replies that must parse for a score; default: all k")
+    low: float = Field(0, description="lowest valid score on the rubric")
+    high: float = Field(5, description="highest valid score on the rubric")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_parsed is not None and self.min_parsed > self.k:
+            raise ValueError(f"min_parsed={self.min_parsed} > k={self.k}; use min_parsed <= k")
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} >= high={self.high}; the score range must be non-empty")
+        if self.k > 1 and self.temperature == 0:
+            raise ValueError(f"k={self.k} judge samples at temperature 0 are k copies of one reply; "
+                             "set temperature > 0 (e.g. 0.7) or k: 1")
+        return self
+
+
+def summarize(replies: list[str], *, low: float, high: float, min_parsed: int) -> ScoreResult:
+    """Parse k replies into one ScoreResult: mean, population std, all texts kept."""
+    parsed = [parse_score(t, low=low, high=high) for t in replies]
+    good = [p for p in parsed if not isinstance(p, ParseFailure)]
+    text = json.dumps(replies, ensure_ascii=False)
+    details = json.dumps({"scores": [None if isinstance(p, ParseFailure) else p for p in parsed],
+                          "failures": [p.reason for p in parsed if isinstance(p, ParseFailure)]})
+    if len(good) < min_parsed:
+        reasons = sorted({p.reason for p in parsed if isinstance(p, ParseFailure)})
+        return ScoreResult(score=None, text=text, details=details,
+                           failure=ParseFailure(f"unparseable_judge_reply({'|'.join(reasons)})", text))
+    return ScoreResult(score=float(statistics.fmean(good)), spread=float(statistics.pstdev(good)), text=text,
+                       details=details)
+
+
+class PointwiseJudge(LLMJudge):
+    cfg: PointwiseJudgeConfig
+
+    def __init__(self, cfg: PointwiseJudgeConfig, backend: Backend | None = None):
+        super().__init__(cfg, backend)
+
+    def id_parts(self) -> list[str]:
+        return [f"k{self.cfg.k}", f"min{self.cfg.min_parsed or self.cfg.k}", f"[{self.cfg.low:g},{self.cfg.high:g}]"]
+
+    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], *,
+                 references: Sequence[str | None] | None = None) -> list[ScoreResult]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
+        convs = [self.render(messages=plain(p), response=r) for p, r in zip(prompts, responses)]
+        outs = self.ask(convs, self.cfg.k)
+        need = self.cfg.min_parsed or self.cfg.k
+        return [summarize([c.text for c in o], low=self.cfg.low, high=self.cfg.high, min_parsed=need) for o in outs]

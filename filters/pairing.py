@@ -1,0 +1,165 @@
+"""Pair strategies over a scored samples frame: best_vs_worst (RLHF Workflow), best_vs_random
+(seeded), all_pairs_above_margin (capped per prompt), spin_pairs (gold reference vs each policy
+sample). SPPO win-rate pairs live in filters/sppo.py, KTO unpaired rows in filters/kto.py.
+
+Input: one row per sample with prompt_id, sample_id, score (plus anything else; the caller joins
+messages afterwards). Rows that already carry a drop_reason, or whose score is null/NaN/inf,
+never enter a pair. Every strategy returns the pair frame
+
+    prompt_id, chosen_id, rejected_id, chosen_score, rejected_score, margin, strategy, drop_reason
+
+with one extra row per prompt that got no pair (ids null, drop_reason "no_valid_pair"), so
+`drops.split` gives (pairs, unpaired prompts). pair_id is left to the caller
+(`pipelines.keys.pair_id(prompt_id, chosen_id, rejected_id, strategy)`), as filters/ does not
+import pipelines.
+
+A pair is valid iff margin = chosen_score - rejected_score is > 0 and >= min_margin: ties and
+all-equal prompts never produce pairs. Ties for best/worst break by smallest sample_id, so the
+result does not depend on row order.
+"""
+from __future__ import annotations
+
+import polars as pl
+
+from filters import drops
+from filters.text import as_text, normalised
+
+PAIR_COLUMNS = ("prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "margin", "strategy")
+
+
+def valid_samples(frame: pl.LazyFrame, *, score: str = "score") -> pl.LazyFrame:
+    """Rows with no earlier drop reason and a finite score."""
+    return drops.kept_only(frame).filter(~drops.is_invalid(score))
+
+
+def _finish(pairs: pl.LazyFrame, frame: pl.LazyFrame, strategy: str, prompt: str) -> pl.LazyFrame:
+    pairs = pairs.select(
+        pl.col(prompt).alias("prompt_id"),
+        pl.col("chosen_id").cast(pl.String),
+        pl.col("rejected_id").cast(pl.String),
+        pl.col("chosen_score").cast(pl.Float64),
+        pl.col("rejected_score").cast(pl.Float64),
+        (pl.col("chosen_score") - pl.col("rejected_score")).cast(pl.Float64).alias("margin"),
+        pl.lit(strategy).alias("strategy"),
+        pl.lit(None, dtype=pl.String).alias(drops.DROP),
+    )
+    unpaired = (
+        frame.select(pl.col(prompt).alias("prompt_id")).unique()
+        .join(pairs.select("prompt_id").unique(), on="prompt_id", how="anti")
+        .with_columns(
+            *[pl.lit(None, dtype=pl.String).alias(c) for c in ("chosen_id", "rejected_id")],
+            *[pl.lit(None, dtype=pl.Float64).alias(c) for c in ("chosen_score", "rejected_score", "margin")],
+            pl.lit(strategy).alias("strategy"),
+            pl.lit("no_valid_pair").alias(drops.DROP),
+        )
+        .select(*PAIR_COLUMNS, drops.DROP)
+    )
+    return pl.concat([pairs, unpaired], how="vertical")
+
+
+def _ok_margin(m: pl.Expr, min_margin: float) -> pl.Expr:
+    return (m > 0) & (m >= min_margin)
+
+
+def _check_margin(min_margin: float) -> None:
+    if not min_margin >= 0:
+        raise ValueError(f"min_margin={min_margin} must be >= 0 (a negative margin would pair worse over better)")
+
+
+def best_vs_worst(
+    frame: pl.LazyFrame, *, min_margin: float = 0.0, prompt: str = "prompt_id", sample: str = "sample_id",
+    score: str = "score", strategy: str = "best_vs_worst",
+) -> pl.LazyFrame:
+    """Highest- vs lowest-scoring sample per prompt (Dong et al., RLHF Workflow)."""
+    _check_margin(min_margin)
+    s, k = pl.col(score), pl.col(sample)
+    pairs = (
+        valid_samples(frame, score=score)
+        .group_by(prompt)
+        .agg(
+            k.sort_by([s, k], descending=[True, False]).first().alias("chosen_id"),
+            s.max().alias("chosen_score"),
+            k.sort_by([s, k], descending=[False, False]).first().alias("rejected_id"),
+            s.min().alias("rejected_score"),
+        )
+        .filter(_ok_margin(pl.col("chosen_score") - pl.col("rejected_score"), min_margin))
+    )
+    return _finish(pairs, frame, strategy, prompt)
+
+
+def best_vs_random(
+    frame: pl.LazyFrame, *, seed: int, min_margin: float = 0.0, prompt: str = "prompt_id",
+    sample: str = "sample_id", score: str = "score",
+) -> pl.LazyFrame:
+    """Best sample vs a seeded random one among those at least `min_margin` (and strictly) worse.
+
+    The draw hashes (sample_id, seed), so it is independent of row order and batch size.
+    """
+    _check_margin(min_margin)
+    s, k = pl.col(score), pl.col(sample)
+    ranked = valid_samples(frame, score=score).with_columns(
+        s.max().over(prompt).alias("chosen_score"),
+        k.sort_by([s, k], descending=[True, False]).first().over(prompt).alias("chosen_id"),
+        k.hash(seed=seed).alias("_draw"),
+    )
+    pairs = (
+        ranked.filter(_ok_margin(pl.col("chosen_score") - s, min_margin))
+        .group_by(prompt)
+        .agg(
+            pl.col("chosen_id").first(), pl.col("chosen_score").first(),
+            k.sort_by(["_draw", sample]).first().alias("rejected_id"),
+            s.sort_by(["_draw", sample]).first().alias("rejected_score"),
+        )
+    )
+    return _finish(pairs, frame, "best_vs_random", prompt)
+
+
+def all_pairs_above_margin(
+    frame: pl.LazyFrame, *, min_margin: float = 0.0, max_pairs_per_prompt: int | None = None,
+    prompt: str = "prompt_id", sample: str = "sample_id", score: str = "score",
+) -> pl.LazyFrame:
+    """Every ordered pair with margin >= min_margin (and > 0); at most `max_pairs_per_prompt`
+    per prompt, largest margins first (then by ids)."""
+    _check_margin(min_margin)
+    if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
+        raise ValueError(f"max_pairs_per_prompt={max_pairs_per_prompt} must be >= 1 or None (no cap)")
+    v = valid_samples(frame, score=score).select(prompt, sample, score)
+    pairs = (
+        v.rename({sample: "chosen_id", score: "chosen_score"})
+        .join(v.rename({sample: "rejected_id", score: "rejected_score"}), on=prompt)
+        .filter(_ok_margin(pl.col("chosen_score") - pl.col("rejected_score"), min_margin))
+    )
+    if max_pairs_per_prompt is not None:
+        m = pl.col("chosen_score") - pl.col("rejected_score")
+        order = pl.struct((-m).alias("m"), pl.col("chosen_id"), pl.col("rejected_id")).rank("ordinal")
+        pairs = pairs.filter(order.over(prompt) <= max_pairs_per_prompt)
+    return _finish(pairs, frame, "all_pairs_above_margin", prompt)
+
+
+def spin_pairs(
+    frame: pl.LazyFrame, *, reference: str = "is_reference", text: str | None = "completion",
+    prompt: str = "prompt_id", sample: str = "sample_id", score: str | None = "score",
+) -> pl.LazyFrame:
+    """SPIN (Chen et al. 2024): the gold reference answer is chosen against each policy sample.
+
+    Scores are optional (SPIN needs none): when the `score` column exists they are carried
+    along and the margin is their difference; invalid scores become null, never 0. A policy
+    sample whose normalised text equals the reference's is not paired (identical text).
+    """
+    schema = frame.collect_schema()
+    base = drops.kept_only(frame)
+    has_score = score is not None and score in schema
+    sc = pl.when(~drops.is_invalid(score)).then(pl.col(score).cast(pl.Float64)) if has_score else pl.lit(None, pl.Float64)
+    cols = [pl.col(prompt), pl.col(sample), sc.alias("_score")]
+    if text is not None:
+        cols.append(normalised(as_text(schema, text), punctuation=False).alias("_text"))
+    base = base.select(*cols, pl.col(reference).fill_null(False).alias("_ref"))
+    gold = (
+        base.filter(pl.col("_ref")).sort(sample).group_by(prompt).first()
+        .rename({sample: "chosen_id", "_score": "chosen_score"}).drop("_ref")
+    )
+    policy = base.filter(~pl.col("_ref")).rename({sample: "rejected_id", "_score": "rejected_score"}).drop("_ref")
+    pairs = policy.join(gold, on=prompt, suffix="_gold")
+    if text is not None:
+        pairs = pairs.filter(pl.col("_text").ne_missing(pl.col("_text_gold")))
+    return _finish(pairs, frame, "spin", prompt)

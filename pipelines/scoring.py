@@ -27,8 +27,10 @@ import polars as pl
 
 from generators.backends.base import Backend
 from generators.scorers.config import build_scorer, parse_scorer_config
-from generators.scorers.ensemble import EnsembleConfig, combine, normalise
+from generators.scorers.ensemble import EnsembleConfig
 from generators.scorers.rules import RuleInstructionsConfig, RuleMathConfig
+from filters import drops
+from filters.ensemble import ensemble
 from pipelines import keys
 from pipelines.stage import StageRun
 from pipelines.store import Store, TableRef
@@ -187,8 +189,8 @@ def _rule_batch(run: StageRun, scorer: _RuleScorer, batch: pl.DataFrame) -> None
 def _score_ensemble(store: Store, *, samples: TableRef, prompts: TableRef, cfg: EnsembleConfig,
                     output: str) -> TableRef:
     members = [store.ref(m) for m in cfg.members]
-    member_scores = pl.concat([store.read(m, columns=["sample_id", "scorer", "score"]) for m in members])
-    names = sorted(member_scores["scorer"].unique().to_list())
+    long = pl.concat([store.read(m, columns=["sample_id", "scorer", "score"]) for m in members])
+    names = sorted(long["scorer"].unique().to_list())
     if not names:
         raise ValueError(f"ensemble members {[str(m) for m in members]} hold no scores; score the samples first")
     digest = hashlib.blake2b(json.dumps(names).encode(), digest_size=6).hexdigest()
@@ -197,27 +199,26 @@ def _score_ensemble(store: Store, *, samples: TableRef, prompts: TableRef, cfg: 
                    config={"scorer": cfg.model_dump(mode="json"), "scorer_id": scorer_id, "member_scorers": names})
     if run.reused:
         return run.reused
-    wide = member_scores.unique(["sample_id", "scorer"], keep="first").pivot(
-        on="scorer", index="sample_id", values="score")
-    rows = store.read(samples, columns=["sample_id", "prompt_id"]).join(wide, on="sample_id", how="left").with_columns(
+    base = store.read(samples, columns=["sample_id", "prompt_id"]).with_columns(
         pl.col("sample_id").map_elements(lambda s: keys.score_id(s, scorer_id), return_dtype=pl.String)
-        .alias("score_id")).sort("sample_id")
-    for n in names:
-        if n not in rows.columns:
-            rows = rows.with_columns(pl.lit(None, dtype=pl.Float64).alias(n))
-    complete = pl.all_horizontal([pl.col(n).is_not_null() & pl.col(n).is_finite() for n in names])
-    missing = rows.filter(~complete)
-    run.quarantine((r["score_id"], "missing_member_score", {k: r[k] for k in ("sample_id", *names)})
-                   for r in missing.iter_rows(named=True))
-    full = rows.filter(complete)
-    if full.height:
-        matrix = full.select(names).to_numpy()
-        values = combine(matrix, method=cfg.method, normalize=cfg.normalize, lam=cfg.lam)
-        attrs = [[{"name": n, "value": float(v)} for n, v in zip(names, row)] for row in matrix]
-        spread = normalise(matrix, cfg.normalize).std(axis=1)     # disagreement across members
-        run.write(_score_rows(full, scorer_id, values, attrs, spread, [None] * full.height,
-                              [json.dumps({"members": names})] * full.height))
-    return run.finish(rows_in=rows.height, target_keys=rows["score_id"].to_list())
+        .alias("score_id"))
+    long = long.join(base.select("sample_id"), on="sample_id", how="semi")
+    combined = ensemble(long.lazy(), method=cfg.method, normalisation=cfg.normalize, lam=cfg.lam, scorers=names,
+                        require_all=True).collect()
+    rows = base.join(combined, on="sample_id", how="left").with_columns(
+        pl.when(pl.col("n_scorers").is_null()).then(pl.lit("missing_scorers"))
+        .otherwise(pl.col(drops.DROP)).alias(drops.DROP)).sort("sample_id")
+    kept, dropped = (f.collect() for f in drops.split(rows.lazy()))
+    run.quarantine((r["score_id"], r[drops.DROP], {k: r[k] for k in ("sample_id", "score", *names)})
+                   for r in dropped.iter_rows(named=True))
+    if kept.height:
+        z = kept.select(names)
+        attrs = [[{"name": n, "value": row[n]} for n in names] for row in z.iter_rows(named=True)]
+        spread = z.select(pl.concat_list(names).list.std(ddof=0)).to_series()    # disagreement across members
+        run.write(_score_rows(kept, scorer_id, kept["score"], attrs, spread, [None] * kept.height,
+                              [json.dumps({"members": names, "attributes": f"{cfg.normalize}-normalised"})]
+                              * kept.height))
+    return run.finish(rows_in=base.height, target_keys=base["score_id"].to_list())
 
 
 def candidate_pairs(frame: pl.DataFrame, *, judge_id: str, max_pairs_per_prompt: int | None) -> pl.DataFrame:

@@ -1,0 +1,115 @@
+"""Model names -> local folders, and content revisions of model folders.
+
+    path = resolve_model("smollm2")          # the embedded default, converted on first use
+    path = resolve_model("/models/my-policy")  # any existing local folder
+    rev = model_revision(path)                # 12-hex content hash; enters sample keys
+
+Nothing here touches a model hub: a name is either a built-in alias or a local folder.
+
+The revision is a BLAKE2b hash over every top-level regular file of the folder (name + bytes):
+config, tokenizer, chat template and weights, so retraining, re-quantising or editing the chat
+template all change it, while moving the folder does not. Hashing large weight files costs about
+a second per GB, so each file's digest is cached in `<cache>/revisions.json` under (absolute
+path, size, mtime_ns) and recomputed only when one of those changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("prefmill.models")
+
+_SKIP = {".prefmill-complete"}
+_CACHE_MIN_BYTES = 8 << 20     # cache digests of files at least this big
+
+
+def cache_dir() -> Path:
+    """$PREFMILL_CACHE, else ~/.cache/prefmill."""
+    return Path(os.environ.get("PREFMILL_CACHE") or Path.home() / ".cache" / "prefmill")
+
+
+def builtin_names() -> dict[str, str]:
+    """Alias -> canonical built-in model name."""
+    from generators.models.smollm2 import ALIASES
+
+    return dict(ALIASES)
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A built-in name (converted on first use) or an existing local folder -> that folder."""
+    text = str(name_or_path)
+    aliases = builtin_names()
+    p = Path(text).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if text.lower() in aliases:
+        return pull(aliases[text.lower()])
+    choices = ", ".join(sorted(set(aliases.values())))
+    raise FileNotFoundError(f"model path {text!r} does not exist; pass a local folder or one of: {choices}")
+
+
+def pull(name: str) -> Path:
+    """Make the built-in model `name` available locally (convert once) and return its folder."""
+    from generators.models import smollm2
+
+    canonical = builtin_names().get(name.lower())
+    if canonical is None:
+        raise FileNotFoundError(f"unknown built-in model {name!r}; expected one of: "
+                                f"{', '.join(sorted(set(builtin_names().values())))}")
+    if canonical == smollm2.NAME:
+        return smollm2.ensure_converted()
+    raise AssertionError(f"built-in {canonical!r} has no converter")
+
+
+def _file_digest(path: Path, cache: dict) -> str:
+    st = path.stat()
+    ck = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if ck in cache:
+        return cache[ck]
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if st.st_size >= _CACHE_MIN_BYTES:
+        cache[ck] = digest
+    return digest
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable revision cache %s (%s); digests will be recomputed", path, e)
+        return {}
+
+
+def _save_cache(path: Path, cache: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".revisions-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(cache, f)
+    os.replace(tmp, path)
+
+
+def model_revision(folder: str | Path) -> str:
+    """12-hex content hash of a model folder's top-level files (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model path {str(folder)!r} does not exist; pass a local model folder")
+    cache_path = cache_dir() / "revisions.json"
+    cache = _load_cache(cache_path)
+    before = len(cache)
+    h = hashlib.blake2b(digest_size=6)
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and f.name not in _SKIP:
+            h.update(f.name.encode() + b"\0" + _file_digest(f, cache).encode() + b"\0")
+    if len(cache) != before:
+        _save_cache(cache_path, cache)
+    return h.hexdigest()

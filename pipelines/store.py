@@ -16,12 +16,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote
 
 import polars as pl
@@ -34,6 +37,18 @@ KIND_PREFIX = "prefmill-kind:"
 DEFAULT_STORE = "./store"
 _CONFLICT_RETRIES = 20
 _FIRST_COMMIT = "00000000000000000000.json"
+log = logging.getLogger("prefmill.store")
+
+
+@dataclass
+class _HeldLock:
+    rlock: threading.RLock = field(default_factory=threading.RLock)
+    depth: int = 0
+    fh: IO[bytes] | None = None
+
+
+_LOCKS: dict[str, _HeldLock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 class StoreError(ValueError):
@@ -127,16 +142,27 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """An exclusive advisory lock on one table (same host), held by StageRun while it checks
-        committed keys and commits a batch, so two runs never commit the same key twice."""
+        """An exclusive advisory lock on one table (processes on this host and threads of this
+        process), held while StageRun checks committed keys and commits a batch and while a
+        table is created. Re-entrant within a thread."""
         check_name(name)
         (self.root / "locks").mkdir(exist_ok=True)
-        with open(self.root / "locks" / f"{name}.lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        path = str((self.root / "locks" / f"{name}.lock").resolve())
+        with _LOCKS_GUARD:
+            entry = _LOCKS.setdefault(path, _HeldLock())
+        with entry.rlock:
+            if entry.depth == 0:
+                entry.fh = open(path, "a+b")  # noqa: SIM115 - closed when the outermost holder leaves
+                fcntl.flock(entry.fh, fcntl.LOCK_EX)
+            entry.depth += 1
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                entry.depth -= 1
+                if entry.depth == 0:
+                    fcntl.flock(entry.fh, fcntl.LOCK_UN)
+                    entry.fh.close()
+                    entry.fh = None
 
     # -- metadata ----------------------------------------------------------------------
     def tables(self, *, include_internal: bool = False) -> list[str]:
@@ -244,25 +270,30 @@ class Store:
 
         props = CommitProperties(custom_metadata=metadata or None, max_commit_retries=_CONFLICT_RETRIES)
         for attempt in range(_CONFLICT_RETRIES):
+            if attempt:
+                self._check_kind(name, kind)   # the race winner may have created another kind
+            creating = not self.exists(name)
             try:
-                if attempt:
-                    self._check_kind(name, kind)   # the race winner may have created another kind
-                if self.exists(name):
+                if not creating:
                     dt = self._table(name, fresh=False)
                     write_deltalake(dt, data, mode="append", commit_properties=props)
                     return dt.version()   # the handle now stands at the version this write committed
-                # Creating: mode="error" so that losing the race for version 0 raises instead
-                # of silently appending; the loser retries as an append.
-                write_deltalake(str(self.path(name)), data, mode="error", description=KIND_PREFIX + kind,
-                                commit_properties=props)
-                return 0
+                # Creating: under the table lock (writers on this host take turns creating) and with
+                # mode="error", so losing a race for version 0 raises; the loser retries as an append.
+                with self.lock(name):
+                    if self.exists(name):
+                        continue
+                    write_deltalake(str(self.path(name)), data, mode="error", description=KIND_PREFIX + kind,
+                                    commit_properties=props)
+                    return 0
             except (CommitFailedError, DeltaError) as e:
-                # Two processes creating the same table race for version 0: the loser retries as
-                # an append. Any other error is real and propagates.
-                if ("already exists" not in str(e) and "conflict" not in str(e).lower()) or attempt == _CONFLICT_RETRIES - 1:
+                lost_race = creating and self.exists(name)   # "already exists" / "protocol changed"
+                conflict = any(w in str(e).lower() for w in ("conflict", "concurrent", "changed since last commit"))
+                if not (lost_race or conflict) or attempt == _CONFLICT_RETRIES - 1:
                     raise
+                log.info("commit to %s lost a race (%s); retrying", name, str(e).splitlines()[0])
                 self._handles.pop(name, None)
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(0.02 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def delete_keys(self, name: str, keys: Iterable[str], *, metadata: dict | None = None) -> int:

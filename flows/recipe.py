@@ -11,6 +11,14 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Annotated
+
+from generators.backends.factory import BackendConfig
+from generators.scorers.config import ScorerConfig
+from generators.scorers.rules import RuleInstructionsConfig
+from pipelines.evals import EvalConfig
+from pipelines.pairs import PairsConfig
+from trainers.config import PreferenceConfig, RewardModelConfig, RFTConfig
 
 
 class RecipeError(ValueError):
@@ -19,24 +27,6 @@ class RecipeError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PolicySection(Strict):
-    model: str = Field("smollm2", description="initial policy: a built-in id (smollm2) or a local model folder")
-    backend: Literal["vllm", "transformers", "openai"] = Field("vllm", description="engine that generates samples")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype for local engines")
-    endpoint: str | None = Field(None, description="base URL of an OpenAI-compatible server (backend=openai)")
-    served_model: str | None = Field(None, description="model name the endpoint serves (backend=openai)")
-    api_key_env: str | None = Field(None, description="NAME of the env variable holding the API key; the key itself never goes in a recipe")
-    max_concurrency: int = Field(8, ge=1, description="concurrent requests to the endpoint (backend=openai)")
-    trust_remote_code: bool = Field(False, description="allow model code from the model folder; off unless you trust it")
-    max_model_len: int = Field(2048, ge=128, description="vLLM context length")
-
-    @model_validator(mode="after")
-    def _endpoint(self):
-        if self.backend == "openai" and not self.endpoint:
-            raise ValueError("backend 'openai' needs policy.endpoint (e.g. http://127.0.0.1:8000/v1)")
-        return self
 
 
 class SeedSection(Strict):
@@ -85,74 +75,41 @@ class SamplingSection(Strict):
     batch_size: int = Field(64, ge=1, description="prompts per committed batch (not part of row keys)")
 
 
-class ScorerSection(Strict):
-    kind: Literal["rule_instructions", "rule_math", "rm", "multi_rm", "judge", "pairwise_judge", "critique", "ensemble"] = Field(
-        ..., description="scorer type")
-    name: str | None = Field(None, description="scorer name; defaults to the kind")
-    model: str | None = Field(None, description="model id or folder for model-based scorers; 'policy' = the current policy (self-rewarding)")
-    options: dict[str, Any] = Field(default_factory=dict, description="scorer-specific options, validated by the scorer's own config")
+class DPOTraining(PreferenceConfig):
+    trainer: Literal["dpo"] = Field("dpo", description="DPO family / KTO on the round's pairs")
 
 
-class FilterSection(Strict):
-    min_margin: float = Field(0.0, ge=0, description="drop pairs whose score margin is below this")
-    max_length_ratio: float | None = Field(None, gt=1, description="drop pairs whose chosen/rejected length ratio exceeds this")
-    dedup: bool = Field(True, description="drop exact and near-duplicate responses")
-    decontaminate: bool = Field(True, description="drop training prompts that overlap the held-out set")
-    position_swap: bool = Field(True, description="drop pairwise-judge verdicts that flip with order")
-    max_spread: float | None = Field(None, ge=0, description="drop judged samples whose judge spread exceeds this")
-    agreement: list[str] = Field(default_factory=list, description="scorer names that must order each pair the same way")
+class RFTTraining(RFTConfig):
+    trainer: Literal["rft"] = Field("rft", description="rejection-sampling fine-tuning on top-scored samples")
 
 
-class PairsSection(Strict):
-    strategy: Literal["best_vs_worst", "best_vs_random", "all_pairs", "spin", "sppo", "kto", "rft"] = Field(
-        "best_vs_worst", description="how pairs are built from scored samples")
-    max_pairs_per_prompt: int = Field(1, ge=1, description="cap for all_pairs")
-    score: str | None = Field(None, description="scorer name whose score ranks samples; default: the first scorer or the ensemble")
-    top_k: int = Field(1, ge=1, description="samples kept per prompt for rft")
+class RMTraining(RewardModelConfig):
+    trainer: Literal["reward"] = Field("reward", description="reward-model training from pairs")
 
 
-class LoraSection(Strict):
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA alpha")
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="modules to adapt")
-
-
-class TrainingSection(Strict):
-    trainer: Literal["dpo", "kto", "rft", "reward"] = Field("dpo", description="what to train")
-    loss: Literal["sigmoid", "ipo", "cdpo", "simpo", "orpo", "rpo", "kto"] = Field("sigmoid", description="DPO-family loss")
-    beta: float = Field(0.1, gt=0, description="DPO beta")
-    learning_rate: float = Field(5e-6, gt=0, description="optimizer learning rate")
-    epochs: float = Field(1.0, gt=0, description="passes over the round's data")
-    max_steps: int = Field(-1, description="stop after this many steps (-1 = epochs)")
-    batch_size: int = Field(8, ge=1, description="per-device batch size")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    max_length: int = Field(512, ge=16, description="max tokens of prompt + response")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO label smoothing")
-    rpo_alpha: float = Field(1.0, ge=0, description="weight of the NLL term for RPO")
-    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
-    lora: LoraSection | None = Field(None, description="train LoRA adapters instead of all weights")
-    seed: int = Field(0, description="training seed")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra trainer options passed through to the trainer config")
+Training = Annotated[DPOTraining | RFTTraining | RMTraining, Field(discriminator="trainer")]
 
 
 class RoundsSection(Strict):
-    count: int = Field(2, ge=0, le=20, description="iterative rounds (0 = data only)")
-    reference: Literal["initial", "previous", "soft", "hard"] = Field("initial", description="reference model policy")
-    alpha: float = Field(0.6, gt=0, le=1, description="TR-DPO soft-update weight")
-    tau: int = Field(32, ge=1, description="TR-DPO hard-update period in steps")
+    count: int = Field(2, ge=0, le=20, description="iterative rounds (0 = data only: prompts, samples, scores, pairs)")
+    reference: Literal["initial", "previous", "mix"] = Field(
+        "initial", description="reference model of round k: the initial policy, the previous round's model, or a mix")
+    mix_alpha: float = Field(0.5, gt=0, le=1, description="reference=mix: alpha*previous + (1-alpha)*initial")
     data: Literal["this_round", "accumulate", "sdpo"] = Field("this_round", description="which rounds' pairs a round trains on")
-    self_rewarding: bool = Field(False, description="the policy judges its own samples (Self-Rewarding LMs)")
-    min_scorer_accuracy: float | None = Field(None, ge=0, le=1, description="refuse the round if the scorer's accuracy on labelled pairs is below this")
-    labelled_pairs: str | None = Field(None, description="pairs table (NAME[@V]) for the scorer accuracy check")
+    self_rewarding: bool = Field(False, description="judge scorers use the current policy (Self-Rewarding LMs)")
+    min_scorer_accuracy: float | None = Field(None, ge=0, le=1, description="refuse a round whose first scorer is less accurate than this on labelled_pairs")
+    labelled_pairs: str | None = Field(None, description="pairs table (NAME[@V]) with trusted labels for the accuracy check")
+
+    @model_validator(mode="after")
+    def _labelled(self):
+        if self.min_scorer_accuracy is not None and not self.labelled_pairs:
+            raise ValueError("min_scorer_accuracy needs rounds.labelled_pairs (a pairs table NAME[@V])")
+        return self
 
 
-class EvalSection(Strict):
-    max_prompts: int | None = Field(None, ge=1, description="held-out prompts evaluated per round")
-    max_tokens: int = Field(256, ge=1, description="max new tokens when evaluating")
-    temperature: float = Field(0.0, ge=0, description="eval sampling temperature (0 = greedy)")
-    reward_model: str | None = Field(None, description="RM folder for the mean-reward metric")
-    judge: str | None = Field(None, description="judge model for the win-rate vs the previous round")
+class EvalSection(EvalConfig):
+    reward_model: str | None = Field(None, description="reward-model folder for the mean-reward metric")
+    judge: str | None = Field(None, description="judge model (id or folder) for the win-rate vs the previous round")
 
 
 class BudgetSection(Strict):
@@ -170,21 +127,29 @@ class ReportSection(Strict):
     out: str = Field("reports/latest", description="report folder")
 
 
+def _default_training(data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("training"), dict) and "trainer" not in data["training"]:
+        data = {**data, "training": {"trainer": "dpo", **data["training"]}}
+    return data
+
+
 class Recipe(Strict):
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$", description="recipe name; prefixes every table it writes")
     description: str = Field("", description="what this recipe is for")
-    policy: PolicySection = Field(default_factory=PolicySection)
+    policy: BackendConfig = Field(default_factory=BackendConfig, description="the initial policy and the engine that samples it")
     prompts: PromptsSection
     sampling: SamplingSection = Field(default_factory=SamplingSection)
-    scoring: list[ScorerSection] = Field(default_factory=lambda: [ScorerSection(kind="rule_instructions")], min_length=1)
-    filters: FilterSection = Field(default_factory=FilterSection)
-    pairs: PairsSection = Field(default_factory=PairsSection)
-    training: TrainingSection = Field(default_factory=TrainingSection)
+    scoring: list[ScorerConfig] = Field(default_factory=lambda: [RuleInstructionsConfig()], min_length=1,
+                                        description="scorers run on every round's samples; the pairs use `pairs.scorer` or the first")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="consistency filters and pair strategy")
+    training: Training = Field(default_factory=DPOTraining, description="trainer of each round")
     rounds: RoundsSection = Field(default_factory=RoundsSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
+    eval: EvalSection = Field(default_factory=EvalSection, description="held-out evaluation after every round")
     budget: BudgetSection = Field(default_factory=BudgetSection)
     export: ExportSection | None = Field(None, description="export the last round's pairs")
     report: ReportSection = Field(default_factory=ReportSection)
+
+    _fill_trainer = model_validator(mode="before")(_default_training)
 
 
 def _set_path(data: dict, path: str, value: Any) -> None:
@@ -221,21 +186,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = Recipe
+    """The model that owns the last key of an error location (walks lists and tagged unions)."""
+    models: list[type[BaseModel]] = [Recipe]
     for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
+        if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
-        if field is None:
+        owners = [m for m in models if part in m.model_fields]
+        if owners:
+            models = _models_in(owners[0].model_fields[part].annotation)
+            continue
+        tagged = [m for m in models if any(f.default == part for f in m.model_fields.values())]
+        if not tagged:
             return None
-        ann = field.annotation
-        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not inner and getattr(ann, "__args__", None):  # list[Model]
-            inner = [a for arg in ann.__args__ for a in getattr(arg, "__args__", (arg,))
-                     if isinstance(a, type) and issubclass(a, BaseModel)]
-        model = inner[0] if inner else None
-    return model
+        models = tagged[:1]
+    return models[0] if models else None
 
 
 def _explain(err: ValidationError, source: str) -> str:

@@ -26,7 +26,7 @@ _SCORE_MARKERS = [
     re.compile(r"\[\[\s*" + _NUM + r"\s*\]\]"),                                          # [[3]]
     re.compile(r"(?:score|rating|grade)\s*(?:is|of|=|:)?\s*:?\s*\**\s*\[?\s*" + _NUM
                + r"(?:\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?)?", re.I),                        # Score: 4, rating = 3/5
-    re.compile(_NUM + r"\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?(?![\d.])", re.I),              # 4/5, 4 out of 5
+    re.compile(_NUM + r"\s*(?:/|out\s+of)\s*\d+(?:\.\d+)?(?!\d)", re.I),              # 4/5, 4 out of 5
 ]
 _BARE = re.compile(r"^\s*\**\s*" + _NUM + r"\s*\**\s*\.?\s*$")
 

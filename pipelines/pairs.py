@@ -128,7 +128,7 @@ def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | st
         return run.reused
     samp = store.read(s_ref, columns=["sample_id", "prompt_id", "completion", "is_reference"])
     prompt_msgs = store.read(p_ref, columns=["prompt_id", "messages"])
-    primary_scores = score_rows.filter(pl.col("scorer") == primary).unique("sample_id", keep="first")
+    primary_scores = score_rows.filter(pl.col("scorer") == (primary or "")).unique("sample_id", keep="first")
     frame = samp.join(primary_scores.select("sample_id", "score", "spread"), on="sample_id", how="left").lazy()
     if cfg.strategy != "spin_pairs" and not (cfg.strategy == "sppo_winrate" and j_ref):
         frame = drops.mark_invalid(frame, "score")

@@ -5,7 +5,8 @@ rows for rejection-sampling top-k), every dropped row quarantined with its reaso
     ref = build_pairs(store, samples="r1_samples", prompts="prompts", scores=["r1_scores_rm"],
                       cfg=PairsConfig(strategy="best_vs_worst", min_margin=0.5), output="r1_pairs")
 
-Order: sample filters (invalid score, judge spread), the strategy (filters/pairing.py, sppo.py,
+Order: sample filters (invalid score, judge spread, duplicate responses, duplicate and
+contaminated prompts), the strategy (filters/pairing.py, sppo.py,
 kto.py), then pair filters (identical text, ties and margin, length ratio, cross-scorer
 agreement). Pairwise judgments, when given, are position-swap filtered and drive sppo_winrate.
 The frame logic lives in filters/; this module reads, joins, keys and writes. The stage is pure
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters import drops
 from filters.agreement import agreement_filter
+from filters.decontam import decontaminate
+from filters.dedup import dedup
 from filters.kto import kto_unpaired
 from filters.length import length_ratio_filter
 from filters.margin import margin_filter
@@ -62,6 +65,13 @@ class PairsConfig(BaseModel):
     agreement_strict_ties: bool = Field(True, description="a tie under the second scorer counts as disagreement")
     max_length_ratio: float | None = Field(None, ge=1, description="cap on len(chosen)/len(rejected); None = off")
     length_unit: Literal["words", "chars"] = Field("words", description="unit of the length ratio")
+    dedup: Literal["off", "exact", "near"] = Field("exact", description="remove duplicate responses within a "
+                                                   "prompt (the best-scored copy stays); near = MinHash + LSH")
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="near dedup: estimated Jaccard similarity")
+    dedup_prompts: bool = Field(False, description="also drop samples of prompts that duplicate an earlier prompt")
+    decontam_against: str | None = Field(None, description="prompts table (NAME[@VERSION]) of an evaluation set; "
+                                         "samples of prompts sharing a word n-gram with it are dropped")
+    decontam_ngram: int = Field(13, ge=1, description="decontamination n-gram length in words")
     drop_judge_ties: bool = Field(True, description="sppo_winrate with judgments: drop tied verdicts")
     kto_mode: Literal["threshold", "fraction"] = Field("fraction", description="kto_unpaired labelling rule")
     kto_fraction: float = Field(0.25, gt=0, le=0.5, description="kto fraction mode: top/bottom share labelled")
@@ -114,6 +124,7 @@ def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | st
     s_ref, p_ref = store.ref(samples), store.ref(prompts)
     sc_refs = [store.ref(r) for r in scores]
     j_ref = store.ref(judgments) if judgments is not None else None
+    e_ref = store.ref(cfg.decontam_against) if cfg.decontam_against else None
     if not sc_refs and cfg.strategy not in ("spin_pairs",) and not (cfg.strategy == "sppo_winrate" and j_ref):
         raise ValueError(f"strategy {cfg.strategy!r} needs scores; pass scores=[SCORES_TABLE, ...]")
     score_rows = (pl.concat([store.read(r, columns=["sample_id", "scorer", "score", "spread"]) for r in sc_refs])
@@ -122,7 +133,7 @@ def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | st
     primary = _pick_scorer(score_rows, cfg.scorer, exclude=cfg.agreement_scorer)
     kind = OUTPUT_KIND.get(cfg.strategy, "pairs")
     run = StageRun(store, stage="pairs", output=output, kind=kind,
-                   parents=[s_ref, p_ref, *sc_refs, *([j_ref] if j_ref else [])],
+                   parents=[s_ref, p_ref, *sc_refs, *([j_ref] if j_ref else []), *([e_ref] if e_ref else [])],
                    config={"pairs": cfg.model_dump(mode="json"), "scorer": primary})
     if run.reused:
         return run.reused
@@ -134,6 +145,7 @@ def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | st
         frame = drops.mark_invalid(frame, "score")
     if cfg.max_spread is not None:
         frame = spread_filter(frame.with_columns(pl.col("spread").fill_null(0.0)), max_spread=cfg.max_spread)
+    frame = _text_filters(store, cfg, frame, prompt_msgs, e_ref)
     judged = None
     if j_ref is not None:
         j = position_swap_filter(store.scan(j_ref), drop_ties=cfg.drop_judge_ties).collect()
@@ -148,7 +160,7 @@ def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | st
     elif cfg.strategy == "rft_topk":
         frame = _rft_topk(frame, cfg)
     sample_kept, sample_dropped = (f.collect() for f in drops.split(frame.lazy()))
-    run.quarantine(drops_frame(sample_dropped.drop("completion"), key="sample_id"))
+    run.quarantine(drops_frame(sample_dropped, key="sample_id"))
     if kind == "unpaired":
         rows = _rows_unpaired(sample_kept, prompt_msgs)
     elif kind == "sft":
@@ -160,6 +172,29 @@ def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | st
         run.write(rows.slice(start, batch_size))
     log.info("pairs: %d %s rows from %d samples (%s)", rows.height, kind, samp.height, cfg.strategy)
     return run.finish(rows_in=samp.height, target_keys=rows[key].to_list())
+
+
+def _text_filters(store: Store, cfg: PairsConfig, frame: pl.LazyFrame, prompt_msgs: pl.DataFrame,
+                  e_ref: TableRef | None) -> pl.LazyFrame:
+    """Duplicate responses (per prompt, best score kept), duplicate prompts, contaminated prompts."""
+    if cfg.dedup != "off":
+        frame = dedup(frame.sort(["score", "sample_id"], descending=[True, False], nulls_last=True),
+                      text="completion", key="sample_id", by=("prompt_id",), near=cfg.dedup == "near",
+                      threshold=cfg.near_dup_threshold)
+    bad_prompts: list[pl.DataFrame] = []
+    if cfg.dedup_prompts:
+        marked = dedup(prompt_msgs.sort("prompt_id").lazy(), text="messages", key="prompt_id",
+                       near=cfg.dedup == "near", threshold=cfg.near_dup_threshold)
+        bad_prompts.append(drops.split(marked)[1].select("prompt_id", drops.DROP).collect())
+    if e_ref is not None:
+        evals = store.read(e_ref, columns=["prompt_id", "messages"]).rename({"prompt_id": "eval_id", "messages": "text"})
+        marked = decontaminate(prompt_msgs.lazy(), evals.lazy(), text="messages", n=cfg.decontam_ngram)
+        bad_prompts.append(drops.split(marked)[1].select("prompt_id", drops.DROP).collect())
+    if bad_prompts:
+        bad = pl.concat(bad_prompts).unique("prompt_id", keep="first").rename({drops.DROP: "_prompt_reason"})
+        frame = frame.join(bad.lazy(), on="prompt_id", how="left")
+        frame = drops.mark(frame, pl.col("_prompt_reason").is_not_null(), pl.col("_prompt_reason")).drop("_prompt_reason")
+    return frame
 
 
 def _pairs(cfg: PairsConfig, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.DataFrame,

@@ -121,3 +121,22 @@ def test_sppo_from_judgments_drops_position_flips(store):
     assert pairs.height == 1 and pairs["chosen_id"][0] == c and pairs["rejected_id"][0] == a
     assert pairs["chosen_score"][0] == 1.0 and pairs["rejected_score"][0] == 0.0
     assert "position_swap_flip" in store.read("quarantine")["reason"].to_list()
+
+
+def test_duplicate_responses_and_contaminated_prompts_are_quarantined(store):
+    data = {"p0": [("The answer is four.", 3.0), ("the answer is FOUR", 2.0), ("five", 1.0)],
+            "p1": [("a", 2.0), ("b", 1.0)]}
+    ids = seed(store, data=data)
+    evals = pl.DataFrame([{"prompt_id": "e" * 32, "messages": [{"role": "user", "content": "prompt p1"}],
+                           "task_type": None, "constraints": None, "reference": None, "source": "eval",
+                           "topic_id": None, "split": "test"}])
+    store.append("evalset", evals, kind="prompts")
+    ref = build_pairs(store, samples="samples", prompts="prompts", scores=["scores"],
+                      cfg={"strategy": "best_vs_worst", "decontam_against": "evalset", "decontam_ngram": 5},
+                      output="pairs")
+    pairs = store.read(ref)
+    assert pairs.height == 1 and pairs["chosen_id"][0] == ids[("p0", 0)] and pairs["rejected_id"][0] == ids[("p0", 2)]
+    q = store.read("quarantine")
+    reasons = dict(zip(q["row_key"], q["reason"]))
+    assert reasons[ids[("p0", 1)]].startswith("exact_duplicate_of:" + ids[("p0", 0)])
+    assert reasons[ids[("p1", 0)]].startswith("contaminated") and reasons[ids[("p1", 1)]].startswith("contaminated")

@@ -149,9 +149,23 @@ def test_ensemble_stage_combines_member_tables(store, tiny_reward_dir, tiny_mult
 
 
 def test_rule_math_stage(store):
-    pytest.importorskip("filters.rule_rewards")
-    n = seed_store(store)
+    n = seed_store(store)      # sample j of prompt i answers 2i + j; the reference is 2i
     ref = score_samples(store, samples="samples", prompts="prompts", scorer_cfg={"kind": "rule_math"}, output="rs")
     out = store.read(ref).join(store.read("samples"), on="sample_id")
-    assert out.height + store.read("quarantine").height == n
-    assert "code#" in out["scorer"][0]
+    assert out.height == n and "code#" in out["scorer"][0]
+    for row in out.iter_rows(named=True):
+        assert row["score"] == (1.0 if row["sample_index"] == 0 else 0.0)
+        assert json.loads(row["details"])["failed"] == ([] if row["sample_index"] == 0 else ["wrong_answer"])
+
+
+def test_rule_without_reference_is_quarantined_not_zero(store):
+    P = [{"prompt_id": "p" * 32, "messages": [{"role": "user", "content": "hi"}], "task_type": None,
+          "constraints": None, "reference": None, "source": "t", "topic_id": None, "split": "train"}]
+    S = [{"sample_id": "s" * 32, "prompt_id": "p" * 32, "policy": "p", "policy_revision": "r", "sample_index": 0,
+          "seed": 0, "sampling": "{}", "completion": "42", "finish_reason": "stop", "prompt_tokens": 1,
+          "completion_tokens": 1, "is_reference": False}]
+    store.append("prompts", pl.DataFrame(P), kind="prompts")
+    store.append("samples", pl.DataFrame(S), kind="samples")
+    ref = score_samples(store, samples="samples", prompts="prompts", scorer_cfg={"kind": "rule_math"}, output="rs")
+    assert store.read(ref).height == 0
+    assert store.read("quarantine")["reason"].to_list() == ["rule_not_applicable"]

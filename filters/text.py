@@ -27,7 +27,8 @@ def normalised(text: pl.Expr, *, punctuation: bool = True) -> pl.Expr:
     out = text.str.to_lowercase()
     if punctuation:
         out = out.str.replace_all(_PUNCT, " ")
-    return out.str.replace_all(r"\s+", " ").str.strip_chars()
+    # Only runs of 2+ whitespace or a lone non-space one: replacing every single space is ~10x slower.
+    return out.str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
 
 
 def word_count(text: pl.Expr) -> pl.Expr:

@@ -169,3 +169,17 @@ def test_rule_without_reference_is_quarantined_not_zero(store):
     ref = score_samples(store, samples="samples", prompts="prompts", scorer_cfg={"kind": "rule_math"}, output="rs")
     assert store.read(ref).height == 0
     assert store.read("quarantine")["reason"].to_list() == ["rule_not_applicable"]
+
+
+def test_rule_instructions_stage_records_failed_checks(store):
+    cons = json.dumps([{"kind": "max_words", "n": 3}, {"kind": "lowercase"}])
+    n = seed_store(store, prompts=1, n=3)
+    prompts = store.read("prompts").with_columns(pl.lit(cons).alias("constraints"))
+    store.append("prompts_c", prompts, kind="prompts")
+    ref = score_samples(store, samples="samples", prompts="prompts_c",
+                        scorer_cfg={"kind": "rule_instructions", "mode": "fraction"}, output="ri")
+    out = store.read(ref).join(store.read("samples"), on="sample_id").sort("sample_index")
+    assert out.height == n
+    # "the answer is 0" (4 words, lowercase) -> 0.5 with max_words failed
+    first = out.row(0, named=True)
+    assert first["score"] == 0.5 and json.loads(first["details"])["failed"] and ":fraction:" in first["scorer"]

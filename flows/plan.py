@@ -74,21 +74,22 @@ def plan(recipe: Recipe) -> list[PlannedStage]:
         out.append(PlannedStage(k, f"sample ({s.mode})", table_name(recipe, "samples", k), train * s.n, s.max_tokens,
                                 f"{train} prompts x n={s.n}"))
         for sc in recipe.scoring:
-            judged = sc.kind in _JUDGE_KINDS or (recipe.rounds.self_rewarding and sc.model == "policy")
-            k_judge = int(sc.options.get("k", 1)) * (2 if sc.kind == "pairwise_judge" else 1)
+            judged = sc.kind in _JUDGE_KINDS
+            k_judge = int(getattr(sc, "k", 1)) * (2 if sc.kind == "pairwise_judge" else 1)
             out.append(PlannedStage(k, f"score ({sc.kind})", table_name(recipe, "scores", k),
-                                    train * s.n * k_judge if judged else 0, 256 if judged else 0))
+                                    train * s.n * k_judge if judged else 0, getattr(sc, "max_tokens", 0) if judged else 0))
         out.append(PlannedStage(k, f"filter+pairs ({recipe.pairs.strategy})", table_name(recipe, "pairs", k), 0, 0))
         if recipe.rounds.count == 0:
             break
-        out.append(PlannedStage(k, f"train ({recipe.training.trainer}/{recipe.training.loss})", "models", 0, 0,
-                                f"lr={recipe.training.learning_rate} beta={recipe.training.beta}"))
+        t = recipe.training
+        out.append(PlannedStage(k, f"train ({t.trainer}{'/' + t.loss if t.trainer == 'dpo' else ''})", "models", 0, 0,
+                                f"lr={t.learning_rate} epochs={t.epochs}"))
         out.append(PlannedStage(k, "eval", table_name(recipe, "evals"), held, recipe.eval.max_tokens))
     return out
 
 
 def format_plan(recipe: Recipe, stages: list[PlannedStage]) -> str:
-    rows = [f"recipe {recipe.name}: {len(stages)} stages, policy {recipe.policy.model} on {recipe.policy.backend}",
+    rows = [f"recipe {recipe.name}: {len(stages)} stages, policy {recipe.policy.model} on {recipe.policy.kind}",
             f"{'round':>5}  {'stage':<34} {'output':<34} {'generations':>11} {'max tokens':>12}  note"]
     tot_g = tot_t = 0
     for st in stages:

@@ -139,7 +139,7 @@ class Recipe(Strict):
     policy: BackendConfig = Field(default_factory=BackendConfig, description="the initial policy and the engine that samples it")
     prompts: PromptsSection
     sampling: SamplingSection = Field(default_factory=SamplingSection)
-    scoring: list[ScorerConfig] = Field(default_factory=lambda: [RuleInstructionsConfig()], min_length=1,
+    scoring: list[ScorerConfig] = Field(default_factory=lambda: [RuleInstructionsConfig()],
                                         description="scorers run on every round's samples; the pairs use `pairs.scorer` or the first")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="consistency filters and pair strategy")
     training: Training = Field(default_factory=DPOTraining, description="trainer of each round")
@@ -150,6 +150,18 @@ class Recipe(Strict):
     report: ReportSection = Field(default_factory=ReportSection)
 
     _fill_trainer = model_validator(mode="before")(_default_training)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.scoring and self.pairs.strategy not in ("spin_pairs",):
+            raise ValueError(f"pairs.strategy {self.pairs.strategy!r} needs at least one scorer under `scoring`")
+        if self.pairs.strategy == "spin_pairs" and self.sampling.mode != "spin":
+            raise ValueError("pairs.strategy spin_pairs needs sampling.mode: spin (gold answers as samples)")
+        if self.sampling.mode == "spin" and not (self.prompts.seeds and self.prompts.seeds.reference_column):
+            raise ValueError("sampling.mode spin needs gold answers: set prompts.seeds.reference_column")
+        if self.training.trainer == "rft" and self.pairs.strategy != "rft_topk" and self.rounds.count > 0:
+            raise ValueError("training.trainer rft trains on sft rows: set pairs.strategy: rft_topk")
+        return self
 
 
 def _set_path(data: dict, path: str, value: Any) -> None:
@@ -239,6 +251,23 @@ def load_recipe(path: str | Path, *, overrides: list[str] | None = None) -> Reci
         raise RecipeError(f"{p}: a recipe is a YAML mapping (name:, prompts:, ...), not {type(data).__name__}")
     data = apply_overrides(data, list(overrides or []))
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_explain(e, str(p))) from None
+    return _resolve_paths(recipe, p)
+
+
+def _resolve_paths(recipe: Recipe, recipe_file: Path) -> Recipe:
+    """Seed paths are relative to the working directory, else to the recipe's folder; a missing
+    file is an error now, not halfway through a run."""
+    seeds = recipe.prompts.seeds
+    if seeds is None:
+        return recipe
+    path = Path(seeds.path)
+    if not path.exists() and not path.is_absolute() and (recipe_file.parent / path).exists():
+        path = recipe_file.parent / path
+    if not path.exists():
+        raise RecipeError(f"{recipe_file}: prompts.seeds.path {seeds.path!r} does not exist; "
+                          "point it at a JSONL/Parquet file or a saved HF dataset folder")
+    new_seeds = seeds.model_copy(update={"path": str(path)})
+    return recipe.model_copy(update={"prompts": recipe.prompts.model_copy(update={"seeds": new_seeds})})

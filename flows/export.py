@@ -61,22 +61,18 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ExportResult:
-    out: Path
-    ref: TableRef
-    kind: str
-    counts: dict[str, int]
+    out: Path = field(metadata={"help": "the export folder"})
+    ref: TableRef = field(metadata={"help": "the exported table version"})
+    kind: str = field(metadata={"help": "its table kind"})
+    counts: dict[str, int] = field(metadata={"help": "rows per split"})
 
 
 def parse_split(text: str) -> tuple[str, float]:
     """'test=0.05' -> ('test', 0.05)."""
     name, sep, frac = text.partition("=")
-    try:
-        value = float(frac)
-    except ValueError:
-        value = None
-    if not sep or value is None:
+    if not sep or not re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)([eE]-?\d+)?\s*", frac):
         raise UserError(f"bad --split {text!r}; write NAME=FRACTION, e.g. --split test=0.05")
-    return name.strip(), value
+    return name.strip(), float(frac)
 
 
 def check_splits(splits: tuple[tuple[str, float], ...]) -> None:
@@ -234,19 +230,16 @@ def _write_splits(parts: dict[str, pl.DataFrame], tmp: Path, fmt: str) -> dict[s
     (tmp / "data").mkdir()
     for name, df in parts.items():
         rel = f"data/{name}.parquet" if fmt == "parquet" else f"data/{name}.jsonl"
-        if fmt == "parquet":
-            df.write_parquet(tmp / rel)
-        else:
-            df.write_ndjson(tmp / rel)
+        (df.write_parquet if fmt == "parquet" else df.write_ndjson)(tmp / rel)
         files[name] = rel
     return files
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; pass a folder path")
+        raise UserError(f"export folder {str(out)!r} is a file; pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it or choose another folder")
+        raise UserError(f"export folder {str(out)!r} exists and is not empty; pass --overwrite to replace it or choose another folder")
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -269,13 +262,10 @@ def export(store: Store, cfg: ExportConfig) -> ExportResult:
     _check_out(out, cfg.overwrite)
     frame = prepare(store.read(ref), kind)
     frame = frame.with_columns(split_of(frame.get_column("prompt_id"), cfg.splits, seed=cfg.seed))
-    parts: dict[str, pl.DataFrame] = {}
-    for name in ["train", *(n for n, _ in cfg.splits)]:
-        part = frame.filter(pl.col("split") == name).drop("split")
-        if part.is_empty() and name != "train":
-            log.warning("split %r of %s is empty (%d rows in all); it is left out", name, ref, frame.height)
-            continue
-        parts[name] = part
+    parts = {name: frame.filter(pl.col("split") == name).drop("split") for name in ["train", *(n for n, _ in cfg.splits)]}
+    for name in [n for n, df in parts.items() if df.is_empty() and n != "train"]:
+        log.warning("split %r of %s is empty (%d rows in all); it is left out", name, ref, frame.height)
+        del parts[name]
     counts = {name: df.height for name, df in parts.items()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,3 +289,11 @@ def export(store: Store, cfg: ExportConfig) -> ExportResult:
         raise
     log.info("exported %s (%s) to %s: %s", ref, kind, out, counts)
     return ExportResult(out=out, ref=ref, kind=kind, counts=counts)
+
+
+def export_dataset(store: Store, source: str | TableRef, *, fmt: Format = "hf", out: str | Path,
+                   split: dict[str, float] | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+    """One-call form for flows (the recipe's `export:` section); returns the export folder."""
+    cfg = ExportConfig(source=str(source), out=Path(out), format=fmt, splits=tuple((split or {}).items()),
+                       seed=seed, overwrite=overwrite)
+    return export(store, cfg).out

@@ -10,7 +10,7 @@ import pytest
 
 from flows.cli import main as cli_main
 from flows.export import ExportConfig, export, split_of
-from pipelines.keys import pair_id, prompt_id
+from pipelines.keys import content_hash, pair_id, prompt_id
 from pipelines.schemas import get_schema
 from pipelines.stage import StageRun
 
@@ -166,3 +166,22 @@ def test_wrong_kind_and_version_are_refused(pairs_store, tmp_path, capsys):
     assert "kind pairs, unpaired, sft" in capsys.readouterr().err
     assert cli_main(["export", "t.pairs@99", "--out", str(tmp_path / "o"), "--store", str(store.root)]) == 2
     assert "no version 99" in capsys.readouterr().err
+
+
+def test_sft_table_via_export_dataset(store, tmp_path):
+    import datasets
+
+    from flows.export import export_dataset
+
+    rows = [{"row_id": content_hash("sft", i), "prompt_id": content_hash("p", i % 10), "sample_id": f"s{i}",
+             "prompt": _msg("user", f"q{i % 10}"), "completion": _msg("assistant", "a" * (i + 1)), "score": i / 30}
+            for i in range(30)]
+    store.append("t.sft", pl.DataFrame(rows, schema=get_schema("sft").schema), kind="sft")
+    out = export_dataset(store, "t.sft@0", fmt="hf", out=tmp_path / "sft", split={"test": 0.3}, seed=1)
+    dd = datasets.load_from_disk(str(out))
+    assert dd["train"].column_names[:2] == ["prompt", "completion"]
+    assert len(dd["train"]) + len(dd.get("test", [])) == 30
+    assert not set(dd["train"]["prompt_id"]) & set(dd["test"]["prompt_id"] if "test" in dd else [])
+    card = (out / "README.md").read_text()
+    assert "tags: [prefmill, trl, sft]" in card and "`t.sft@0`: no completion record" in card
+    assert (out / "figures" / "score.png").read_bytes()[:4] == b"\x89PNG"

@@ -44,6 +44,7 @@ def prefect_harness():
         yield
 
 
+@pytest.mark.slow
 def test_every_key_written_exactly_once_across_two_dask_workers(store):
     keys = [content_hash("k", i) for i in range(60)]
     cfg = ScaleConfig(n_shards=4, n_workers=2)

@@ -139,6 +139,34 @@ def test_scheduled_run_completes_and_appends_a_version(prefect_server, tmp_path)
     assert api.get(f"/deployments/{dep['id']}").json()["paused"] is True
 
 
+@pytest.mark.slow
+def test_cli_registers_the_recipe_flow_with_its_cron(prefect_server, tmp_path):
+    """`prefmill serve RECIPE --cron EXPR` registers the lead's recipe flow with the recipe's absolute
+    path, the store and the overrides as parameters (no run executes: 03:00 is far away)."""
+    store = tmp_path / "store"
+    log_path = tmp_path / "cli.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "recipes/quickstart.yaml", "--cron", "0 3 * * *",
+                             "--name", "nightly", "--store", str(store), "--set", "rounds.count=1"], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=_env(tmp_path / "client", PREFECT_API_URL=prefect_server))
+    api = httpx.Client(base_url=prefect_server, timeout=10)
+    try:
+        def deployment():
+            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["nightly"]}}}).json()
+            return found[0] if found else None
+
+        dep = _wait_for("the recipe deployment", deployment, proc=proc, log_path=log_path)
+        assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
+        assert dep["parameters"] == {"recipe_path": str(ROOT / "recipes" / "quickstart.yaml"), "store": str(store),
+                                     "overrides": ["rounds.count=1"]}
+        flow = api.get(f"/flows/{dep['flow_id']}").json()
+        assert flow["name"] == "prefmill-recipe"
+    finally:
+        _stop(proc)
+        log.close()
+
+
 def test_invalid_cron_is_one_line_error(capsys):
     assert cli_main(["serve", str(ROOT / "recipes" / "quickstart.yaml"), "--cron", "61 * * * *"]) == 2
     err = capsys.readouterr().err

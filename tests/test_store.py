@@ -140,3 +140,13 @@ def test_keys_are_content_hashes():
     assert keys.sample_id(pid, **(s | {"sampling": {"temperature": 1.0, "max_tokens": 65}})) != keys.sample_id(pid, **s)
     assert keys.sample_id(pid, **(s | {"index": 1})) != keys.sample_id(pid, **s)
     assert keys.score_id("a", "rm") != keys.score_id("a", "judge")
+
+
+def test_every_schema_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-model.md").read_text()
+    for kind, spec in SCHEMAS.items():
+        assert f"### {kind} — key `{spec.key}`" in doc, kind
+        for col in spec.columns:
+            assert f"| {col} |" in doc, f"{kind}.{col} missing from docs/data-model.md"

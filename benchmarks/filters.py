@@ -65,6 +65,7 @@ def synthesize(rows: int, *, samples_per_prompt: int = 4, seed: int = 0) -> tupl
         "prompt_id": pl.Series(prompts).cast(pl.String).str.pad_start(8, "0"),
         "sample_id": pl.Series(np.arange(rows)).cast(pl.String).str.pad_start(10, "s"),
         "completion": texts,
+        "completion_tokens": (lens * 1.3).astype(np.int32),
         "score": score,
         "score_b": score + rng.normal(scale=0.5, size=rows),
         "spread": np.abs(rng.normal(scale=0.6, size=rows)),
@@ -90,17 +91,19 @@ def prefmill_filters(samples: pl.DataFrame, judgments: pl.DataFrame) -> dict[str
     t["samples_filters_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     pairs = best_vs_worst(s_df.lazy())
-    side = s_df.lazy().select("sample_id", "completion", "score_b")
+    side = s_df.lazy().select("sample_id", "completion", "score_b", "completion_tokens")
     pairs = (
-        pairs.join(side.rename({"sample_id": "chosen_id", "completion": "chosen", "score_b": "chosen_score_b"}),
+        pairs.join(side.rename({"sample_id": "chosen_id", "completion": "chosen", "score_b": "chosen_score_b",
+                                "completion_tokens": "chosen_tokens"}),
                    on="chosen_id", how="left")
-        .join(side.rename({"sample_id": "rejected_id", "completion": "rejected", "score_b": "rejected_score_b"}),
+        .join(side.rename({"sample_id": "rejected_id", "completion": "rejected", "score_b": "rejected_score_b",
+                                "completion_tokens": "rejected_tokens"}),
               on="rejected_id", how="left")
     )
     kept_pairs, dropped_pairs = drops.split(pairs)
     kept_pairs = margin_filter(kept_pairs, min_margin=0.1)
     kept_pairs = agreement_filter(kept_pairs)
-    kept_pairs = length_ratio_filter(kept_pairs, max_ratio=2.5)
+    kept_pairs = length_ratio_filter(kept_pairs, chosen="chosen_tokens", rejected="rejected_tokens", max_ratio=2.5)
     pairs_df = pl.concat([kept_pairs.collect(), dropped_pairs.collect()], how="diagonal_relaxed")
     t["pairs_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()

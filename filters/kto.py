@@ -35,7 +35,10 @@ def kto_unpaired(
             raise ValueError("mode='threshold' needs desirable_above and undesirable_below, e.g. 0.7 and 0.3")
         if not undesirable_below < desirable_above:
             raise ValueError(f"undesirable_below={undesirable_below} must be < desirable_above={desirable_above}")
-        label = pl.when(s >= desirable_above).then(True).when(s <= undesirable_below).then(False)
+        label = (  # NaN >= x is true in polars: rows already dropped (invalid) get no label
+            pl.when(pl.col(drops.DROP).is_not_null()).then(None)
+            .when(s >= desirable_above).then(True).when(s <= undesirable_below).then(False)
+        )
         return drops.mark(frame.with_columns(label.alias("label")), pl.col("label").is_null(), "kto_neutral")
     if mode != "fraction":
         raise ValueError(f"unknown kto mode {mode!r}; expected one of threshold, fraction")

@@ -12,6 +12,13 @@ import polars as pl
 from filters import drops
 from filters.text import as_text, length_of
 
+
+def _length(schema: pl.Schema, column: str, unit: str) -> pl.Expr:
+    """A numeric column is a length already (e.g. completion_tokens); text is measured in `unit`."""
+    if column in schema and schema[column].is_numeric():
+        return pl.col(column).cast(pl.Float64)
+    return length_of(as_text(schema, column), unit)
+
 Unit = Literal["words", "chars"]
 
 
@@ -26,13 +33,16 @@ def length_ratio_filter(
 ) -> pl.LazyFrame:
     """Write `length_ratio` = len(chosen) / len(rejected) and mark pairs above `max_ratio`.
 
+    `chosen` / `rejected` name text columns (strings or messages, measured in `unit`) or numeric
+    length columns (e.g. token counts joined from the samples table), used as they are.
+
     symmetric=True caps max(r, 1/r) (also drops a much shorter chosen). An empty rejected with a
     non-empty chosen has ratio inf; two empty texts have ratio 1.
     """
     if not max_ratio >= 1.0:
         raise ValueError(f"max_ratio={max_ratio} must be >= 1.0 (a ratio cap below 1 drops every pair)")
     schema = frame.collect_schema()
-    lc, lr = length_of(as_text(schema, chosen), unit), length_of(as_text(schema, rejected), unit)
+    lc, lr = _length(schema, chosen, unit), _length(schema, rejected, unit)
     ratio = (
         pl.when((lc == 0) & (lr == 0)).then(1.0)
         .when(lr == 0).then(float("inf"))
@@ -62,7 +72,7 @@ def length_normalised(
               exists), i.e. the part of the score length does not explain.
     """
     schema = frame.collect_schema()
-    length = length_of(as_text(schema, text), unit)
+    length = _length(schema, text, unit)
     valid = ~drops.is_invalid(score)
     s = pl.when(valid).then(pl.col(score).cast(pl.Float64))
     if method == "divide":
@@ -85,7 +95,7 @@ def length_bias_report(
     """Pearson and Spearman correlation of valid scores with length, and n. NaN when undefined."""
     schema = frame.collect_schema()
     rows = frame.filter(~drops.is_invalid(score)).select(
-        pl.col(score).cast(pl.Float64).alias("s"), length_of(as_text(schema, text), unit).alias("l")
+        pl.col(score).cast(pl.Float64).alias("s"), _length(schema, text, unit).alias("l")
     )
     row = rows.select(
         pl.len().alias("n"),

@@ -144,21 +144,24 @@ def test_cli_registers_the_recipe_flow_with_its_cron(prefect_server, tmp_path):
     """`prefmill serve RECIPE --cron EXPR` registers the lead's recipe flow with the recipe's absolute
     path, the store and the overrides as parameters (no run executes: 03:00 is far away)."""
     store = tmp_path / "store"
+    (tmp_path / "seeds.jsonl").write_text('{"prompt": "Say hi in lowercase."}\n')
+    recipe = tmp_path / "nightly.yaml"
+    recipe.write_text("name: nightly\nprompts:\n  seeds:\n    path: seeds.jsonl\n")
     log_path = tmp_path / "cli.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "recipes/quickstart.yaml", "--cron", "0 3 * * *",
-                             "--name", "nightly", "--store", str(store), "--set", "rounds.count=1"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(recipe), "--cron", "0 3 * * *",
+                             "--name", "nightly-3am", "--store", str(store), "--set", "rounds.count=1"], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env=_env(tmp_path / "client", PREFECT_API_URL=prefect_server))
     api = httpx.Client(base_url=prefect_server, timeout=10)
     try:
         def deployment():
-            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["nightly"]}}}).json()
+            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["nightly-3am"]}}}).json()
             return found[0] if found else None
 
         dep = _wait_for("the recipe deployment", deployment, proc=proc, log_path=log_path)
         assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
-        assert dep["parameters"] == {"recipe_path": str(ROOT / "recipes" / "quickstart.yaml"), "store": str(store),
+        assert dep["parameters"] == {"recipe_path": str(recipe.resolve()), "store": str(store.resolve()),
                                      "overrides": ["rounds.count=1"]}
         flow = api.get(f"/flows/{dep['flow_id']}").json()
         assert flow["name"] == "prefmill-recipe"

@@ -18,6 +18,7 @@ from generators.scorers.config import ScorerConfig
 from generators.scorers.rules import RuleInstructionsConfig
 from pipelines.evals import EvalConfig
 from pipelines.pairs import PairsConfig
+from pipelines.sampling import SamplingStageConfig
 from trainers.config import PreferenceConfig, RewardModelConfig, RFTConfig
 
 
@@ -63,16 +64,6 @@ class PromptsSection(Strict):
         if not self.seeds and not self.topics:
             raise ValueError("prompts needs a source: set prompts.seeds.path or prompts.topics")
         return self
-
-
-class SamplingSection(Strict):
-    mode: Literal["best_of_n", "spin", "sppo"] = Field("best_of_n", description="what to sample per prompt")
-    n: int = Field(4, ge=1, le=64, description="samples per prompt")
-    temperature: float = Field(0.8, ge=0, description="0 = greedy")
-    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
-    max_tokens: int = Field(256, ge=1, description="max new tokens per sample")
-    seed: int = Field(0, description="engine seed")
-    batch_size: int = Field(64, ge=1, description="prompts per committed batch (not part of row keys)")
 
 
 class DPOTraining(PreferenceConfig):
@@ -138,7 +129,7 @@ class Recipe(Strict):
     description: str = Field("", description="what this recipe is for")
     policy: BackendConfig = Field(default_factory=BackendConfig, description="the initial policy and the engine that samples it")
     prompts: PromptsSection
-    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    sampling: SamplingStageConfig = Field(default_factory=SamplingStageConfig, description="how each round samples the policy")
     scoring: list[ScorerConfig] = Field(default_factory=lambda: [RuleInstructionsConfig()],
                                         description="scorers run on every round's samples; the pairs use `pairs.scorer` or the first")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="consistency filters and pair strategy")

@@ -45,17 +45,15 @@ def prompts_task(recipe: Recipe, store_root: str, run_id: str, policy_path: str)
 @stage_task("sample", retries=2)
 def sample_task(recipe: Recipe, store_root: str, run_id: str, *, prompts: str, policy_path: str, round_: int,
                 budget: Budget) -> str:
-    from pipelines.sampling import SamplingConfig, sample_prompts
+    from pipelines.sampling import sample_stage
 
     store = _store(store_root)
     out = table_name(recipe, "samples", round_)
     budget.tables.append(out)
     budget.check(store)
     backend = pool_for(run_id).get(policy_config(recipe, policy_path))
-    cfg = SamplingConfig.model_validate(recipe.sampling.model_dump())
     with stage_progress(f"round {round_}: sample", extra=lambda d, t: budget.check(store)) as cb:
-        ref = sample_prompts(store, prompts=prompts, backend=backend, config=cfg, output=out, split="train",
-                             progress=cb)
+        ref = sample_stage(store, backend, recipe.sampling, prompts=prompts, output=out, progress=cb)
     publish(store, ref, label=f"r{round_} sample")
     return str(ref)
 

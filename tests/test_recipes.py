@@ -1,0 +1,103 @@
+"""Recipes: every shipped recipe validates and plans; bad recipes fail with the key path and a
+suggestion; --set overrides; --dry-run writes nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.plan import plan
+from flows.recipe import RecipeError, load_recipe
+
+RECIPES = sorted(Path("recipes").glob("*.yaml"))
+
+
+def test_all_required_recipes_ship():
+    names = {p.stem for p in RECIPES}
+    assert {"quickstart", "nemotron_sdg", "iterative_dpo", "self_rewarding", "spin", "rft"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipe_validates_and_plans(path):
+    recipe = load_recipe(path)
+    stages = plan(recipe)
+    assert stages, "a recipe plans at least one stage"
+    if recipe.rounds.count:
+        assert sum(s.stage.startswith("train") for s in stages) == recipe.rounds.count
+        assert sum(s.generations for s in stages if s.stage.startswith("sample")) > 0
+
+
+def test_quickstart_is_the_embedded_default():
+    r = load_recipe("recipes/quickstart.yaml")
+    assert r.policy.model == "smollm2" and r.rounds.count == 2
+    assert r.training.trainer == "dpo" and r.pairs.strategy == "best_vs_worst"
+    assert [s.kind for s in r.scoring] == ["rule_instructions"]
+    assert r.prompts.constraints_per_prompt >= 1
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "name: t\nprompts:\n  seeds: {path: recipes/data/spin_seeds.jsonl}\n"
+
+
+@pytest.mark.parametrize("extra, expect", [
+    ("sampling: {n: 4, temprature: 0.5}\n", "unknown key sampling.temprature; did you mean 'temperature'?"),
+    ("training: {loss: dpo2}\n", "unknown loss 'dpo2'; expected one of sigmoid"),
+    ("training: {bta: 0.1}\n", "did you mean 'beta'?"),
+    ("sampling: {n: many}\n", "sampling.n"),
+    ("rounds: {cont: 2}\n", "did you mean 'count'?"),
+    ("scoring: [{kind: judge, kk: 2}]\n", "did you mean 'k'?"),
+    ("scoring: [{kind: telepathy}]\n", "scoring.0"),
+    ("pairs: {strategy: best_vs_worst}\nscoring: []\n", "needs at least one scorer"),
+])
+def test_bad_recipes_name_the_key(tmp_path, extra, expect):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_write(tmp_path, BASE + extra))
+    assert expect in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_yaml_and_missing_files(tmp_path):
+    with pytest.raises(RecipeError, match="malformed YAML at line"):
+        load_recipe(_write(tmp_path, "name: t\nprompts: [\n"))
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(_write(tmp_path, "name: t\nprompts:\n  seeds: {path: nowhere.jsonl}\n"))
+    with pytest.raises(RecipeError, match="a YAML mapping"):
+        load_recipe(_write(tmp_path, "- just\n- a list\n"))
+
+
+def test_overrides_apply_by_key_path(tmp_path):
+    r = load_recipe(_write(tmp_path, BASE), overrides=["sampling.n=7", "training.beta=0.3", "rounds.count=1"])
+    assert (r.sampling.n, r.training.beta, r.rounds.count) == (7, 0.3, 1)
+    with pytest.raises(RecipeError, match="did you mean 'temperature'"):
+        load_recipe(_write(tmp_path, BASE), overrides=["sampling.temprature=1"])
+    with pytest.raises(RecipeError, match="key.path=value"):
+        load_recipe(_write(tmp_path, BASE), overrides=["sampling.n"])
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    store = tmp_path / "store"
+    assert main(["run", "recipes/quickstart.yaml", "--dry-run", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart.r2.samples" in out and "total" in out
+    assert not store.exists()
+    assert main(["run", "recipes/quickstart.yaml", "--dry-run", "--json", "--set", "sampling.n=2"]) == 0
+    stages = json.loads(capsys.readouterr().out)
+    r = load_recipe("recipes/quickstart.yaml")
+    samples = [s for s in stages if s["stage"].startswith("sample")]
+    base = [s for s in plan(r) if s.stage.startswith("sample")]
+    assert samples[0]["generations"] * r.sampling.n == base[0].generations * 2
+
+
+def test_cli_bad_recipe_is_one_line(tmp_path, capsys):
+    code = main(["run", str(_write(tmp_path, BASE + "sampling: {temprature: 1}\n")), "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "did you mean 'temperature'" in err

@@ -11,12 +11,16 @@ there are no markers, one item per non-empty line (lines ending in ':' are heade
 skipped). Unmarked lines after a marked item continue it unless a blank line came first (then
 they are closing prose). Items are stripped of quotes and markdown bold and de-duplicated
 case-insensitively in order; items without a letter or digit are dropped. Nothing usable raises ListParseError, so the caller can quarantine
-the raw text.
+the raw text. `ask_lists` / `ask_texts` send requests to a backend and parse the replies.
 """
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from generators.backends.base import Backend, Sampling
 
 _NUMBERED = re.compile(r"^\s*(?:\(?(\d{1,3})[.):]|#\s?(\d{1,3})[.:]?|(?:item|prompt|question|topic)\s+(\d{1,3})[.:])\s+(.*)$", re.I)
 _BULLET = re.compile(r"^\s*[-*+•–]\s+(.*)$")
@@ -130,3 +134,44 @@ def parse_single(text: str, *, max_chars: int = 4000) -> str:
     if len(body) > max_chars:
         raise ListParseError(f"output of {len(body)} chars exceeds max_chars={max_chars}; likely a runaway generation")
     return body
+
+
+# -- asking a backend -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parsed:
+    """One request and what came back: `items` (lists) or `text` (single), else `error` + `raw`."""
+
+    request: str
+    raw: str
+    items: tuple[str, ...] = ()
+    text: str = ""
+    error: str | None = None
+
+
+def ask_lists(backend: Backend, requests: Sequence[str], sampling: Sampling, *,
+              max_items: int | None = None) -> list[Parsed]:
+    """Send each request as one user turn (batched) and parse the first completion as a list."""
+    outs = backend.generate([[{"role": "user", "content": r}] for r in requests], replace(sampling, n=1))
+    res = []
+    for req, out in zip(requests, outs):
+        raw = out[0].text
+        try:
+            res.append(Parsed(req, raw, items=tuple(parse_list(raw, max_items=max_items))))
+        except ListParseError as e:
+            res.append(Parsed(req, raw, error=str(e)))
+    return res
+
+
+def ask_texts(backend: Backend, requests: Sequence[str], sampling: Sampling) -> list[Parsed]:
+    """Send each request as one user turn (batched) and parse the first completion as one text."""
+    outs = backend.generate([[{"role": "user", "content": r}] for r in requests], replace(sampling, n=1))
+    res = []
+    for req, out in zip(requests, outs):
+        raw = out[0].text
+        try:
+            if out[0].finish_reason == "length":
+                raise ListParseError(f"output cut at max_tokens={sampling.max_tokens}; raise max_tokens")
+            res.append(Parsed(req, raw, text=parse_single(raw)))
+        except ListParseError as e:
+            res.append(Parsed(req, raw, error=str(e)))
+    return res

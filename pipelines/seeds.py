@@ -1,0 +1,208 @@
+"""Prompt stages without a model: seed import, verifiable-constraint attachment, dedup.
+
+    import_stage(store, SeedImportConfig(path="recipes/data/seed_prompts.jsonl"), output="seed_prompts")
+    constraints_stage(store, ConstraintConfig(fraction=1.0), prompts="seed_prompts", output="if_prompts")
+    dedup_stage(store, PromptDedupConfig(), prompts="if_prompts", output="prompts")
+
+Seeds come from JSONL, Parquet or a HF dataset saved with `save_to_disk` (read with
+datasets.load_from_disk), with a column mapping; a missing or mistyped column is a one-line
+SchemaError naming the column, what is there, and the config field to set. Empty prompts and
+duplicates go to quarantine with a reason.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from filters import instructions
+from filters.dedup import dedup
+from filters.drops import DROP
+from pipelines import keys
+from pipelines.prompts import prompt_row, prompts_frame
+from pipelines.schemas import SchemaError
+from pipelines.stage import StageRun
+from pipelines.store import Store, TableRef
+
+_CHUNK = 1000
+
+
+class SeedImportConfig(BaseModel):
+    """Where seed prompts come from and which columns hold what."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="JSONL file, Parquet file, or folder of a HF dataset saved with save_to_disk")
+    format: Literal["auto", "jsonl", "parquet", "hf_disk"] = Field("auto", description="auto: by suffix "
+                                                                    "(.jsonl/.json, .parquet) or folder -> hf_disk")
+    hf_split: str = Field("train", description="split to read when the HF folder holds a DatasetDict")
+    prompt_column: str | None = Field("prompt", description="column with the prompt text (or None with messages_column)")
+    messages_column: str | None = Field(None, description="column with chat messages [{role, content}] instead of text")
+    reference_column: str | None = Field(None, description="column with a gold answer (used by SPIN)")
+    task_type_column: str | None = Field(None, description="column with a task type; else task_type")
+    task_type: str | None = Field(None, description="task type for every row when no task_type_column")
+    system_prompt: str | None = Field(None, description="system message prepended to every prompt")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows")
+    heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
+
+
+def _read(cfg: SeedImportConfig) -> pl.DataFrame:
+    p = Path(cfg.path)
+    if not p.exists():
+        raise FileNotFoundError(f"seed path {cfg.path!r} does not exist; set path to a JSONL/Parquet file or a "
+                                "HF dataset folder")
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = "hf_disk" if p.is_dir() else {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(p.suffix, "")
+        if not fmt:
+            raise SchemaError(f"cannot tell the format of {cfg.path!r} from its suffix; set format to jsonl, parquet or hf_disk")
+    if fmt == "jsonl":
+        return pl.read_ndjson(p, infer_schema_length=None)
+    if fmt == "parquet":
+        return pl.read_parquet(p)
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(p))
+    if isinstance(ds, DatasetDict):
+        if cfg.hf_split not in ds:
+            raise SchemaError(f"{cfg.path!r} has no split {cfg.hf_split!r}; set hf_split to one of {', '.join(ds)}")
+        ds = ds[cfg.hf_split]
+    return pl.from_arrow(ds.data.table)
+
+
+def _column(df: pl.DataFrame, name: str, field: str, path: str, ok: tuple[type, ...]) -> pl.Series:
+    if name not in df.columns:
+        raise SchemaError(f"seed file {path!r} has no column {name!r} ({field}); columns: {', '.join(df.columns)}; "
+                          f"set {field} to one of them")
+    s = df.get_column(name)
+    if not isinstance(s.dtype, ok) and s.dtype != pl.Null:
+        raise SchemaError(f"seed column {name!r} ({field}) has dtype {s.dtype}; expected "
+                          f"{' or '.join(t.__name__ for t in ok)}; point {field} at another column")
+    return s
+
+
+def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_prompts") -> TableRef:
+    """Seed prompts -> a `prompts` table (source = seed:<file name>)."""
+    if (cfg.prompt_column is None) == (cfg.messages_column is None):
+        raise SchemaError("set exactly one of prompt_column and messages_column in the seed config")
+    df = _read(cfg)
+    if cfg.limit:
+        df = df.head(cfg.limit)
+    p = Path(cfg.path)
+    st = p.stat()
+    run = StageRun(store, stage="import_seeds", output=output, kind="prompts",
+                   config={**cfg.model_dump(mode="json"), "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}})
+    if run.reused:
+        return run.reused
+    if cfg.messages_column:
+        msgs = _column(df, cfg.messages_column, "messages_column", cfg.path, (pl.List,)).to_list()
+    else:
+        texts = _column(df, cfg.prompt_column, "prompt_column", cfg.path, (pl.String,)).to_list()
+        msgs = [[{"role": "user", "content": t}] if t is not None else None for t in texts]
+    refs = (_column(df, cfg.reference_column, "reference_column", cfg.path, (pl.String,)).to_list()
+            if cfg.reference_column else [None] * df.height)
+    tasks = (_column(df, cfg.task_type_column, "task_type_column", cfg.path, (pl.String,)).to_list()
+             if cfg.task_type_column else [cfg.task_type] * df.height)
+    rows, bad = [], []
+    for i, (m, ref, task) in enumerate(zip(msgs, refs, tasks)):
+        if not m or any(not isinstance(x, dict) or not str(x.get("content") or "").strip() for x in m):
+            bad.append((keys.content_hash("seed-row", cfg.path, i), "empty_prompt", {"row": i, "messages": m}))
+            continue
+        if cfg.system_prompt and m[0].get("role") != "system":
+            m = [{"role": "system", "content": cfg.system_prompt}, *m]
+        rows.append(prompt_row(m, task_type=task, source=f"seed:{p.name}", reference=ref,
+                               heldout_fraction=cfg.heldout_fraction))
+    frame = prompts_frame(rows)
+    if frame.height < len(rows):
+        seen: set[str] = set()
+        for r in rows:
+            if r["prompt_id"] in seen:
+                bad.append((r["prompt_id"], "exact_duplicate", {"messages": r["messages"]}))
+            seen.add(r["prompt_id"])
+    for start in range(0, frame.height, _CHUNK):
+        run.write(frame.slice(start, _CHUNK))
+    run.quarantine(bad)
+    return run.finish(rows_in=df.height, target_keys=frame.get_column("prompt_id").to_list())
+
+
+class ConstraintConfig(BaseModel):
+    """Which prompts get verifiable constraints (filters/instructions.py) and how many."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fraction: float = Field(1.0, ge=0, le=1, description="share of prompts that get constraints (by prompt hash)")
+    k_min: int = Field(1, ge=1, description="fewest constraints per chosen prompt")
+    k_max: int = Field(2, ge=1, description="most constraints per chosen prompt")
+    kinds: tuple[str, ...] | None = Field(None, description="constraint kinds to draw from; None = all of "
+                                          "filters.instructions.KINDS")
+    seed: int = Field(0, description="seed of the per-prompt draws")
+    heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
+
+
+def constrain(row: dict, cfg: ConstraintConfig) -> dict:
+    """The prompt row with constraints drawn for it (deterministic per prompt_id and seed), their
+    instruction sentences appended to the last user message; unchanged if not drawn or if it
+    already carries constraints. A gold reference is dropped: it need not satisfy them."""
+    if instructions.loads(row.get("constraints")):
+        return row
+    rng = random.Random(keys.content_hash("constraints", cfg.seed, row["prompt_id"]))
+    if rng.random() >= cfg.fraction:
+        return row
+    cons = instructions.sample_constraints(rng, rng.randint(cfg.k_min, max(cfg.k_min, cfg.k_max)), kinds=cfg.kinds)
+    if not cons:
+        return row
+    msgs = [dict(m) for m in row["messages"]]
+    msgs[-1]["content"] = msgs[-1]["content"].rstrip() + "\n\n" + " ".join(instructions.describe(c) for c in cons)
+    return prompt_row(msgs, task_type=row.get("task_type"), source=row.get("source") or "unknown",
+                      topic_id=row.get("topic_id"), constraints=instructions.dumps(cons), reference=None,
+                      heldout_fraction=cfg.heldout_fraction)
+
+
+def constraints_stage(store: Store, cfg: ConstraintConfig, *, prompts: str | TableRef = "seed_prompts",
+                      output: str = "if_prompts") -> TableRef:
+    pref = store.ref(prompts)
+    if cfg.kinds is not None:
+        for k in cfg.kinds:
+            if k not in instructions.KINDS:
+                raise ValueError(f"unknown constraint kind {k!r}; expected one of {', '.join(instructions.KINDS)}")
+    run = StageRun(store, stage="constraints", output=output, kind="prompts", parents=[pref],
+                   config=cfg.model_dump(mode="json"))
+    if run.reused:
+        return run.reused
+    src = store.read(pref)
+    frame = prompts_frame([constrain(r, cfg) for r in src.to_dicts()])
+    for start in range(0, frame.height, _CHUNK):
+        run.write(frame.slice(start, _CHUNK))
+    return run.finish(rows_in=src.height, target_keys=frame.get_column("prompt_id").to_list())
+
+
+class PromptDedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    near: bool = Field(True, description="also drop near-duplicates (MinHash + LSH over word 3-grams)")
+    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that counts as near-duplicate")
+    seed: int = Field(0, description="MinHash seed")
+
+
+def dedup_stage(store: Store, cfg: PromptDedupConfig, *, prompts: str | TableRef, output: str = "prompts") -> TableRef:
+    """Exact + near-duplicate prompt removal; the later copy goes to quarantine (exact_duplicate /
+    near_duplicate, with the kept prompt_id in the payload)."""
+    pref = store.ref(prompts)
+    run = StageRun(store, stage="dedup_prompts", output=output, kind="prompts", parents=[pref],
+                   config=cfg.model_dump(mode="json"))
+    if run.reused:
+        return run.reused
+    src = store.read(pref).sort("prompt_id")          # a stable "first copy" independent of write order
+    marked = dedup(src.lazy(), text="messages", key="prompt_id", near=cfg.near, threshold=cfg.threshold,
+                   seed=cfg.seed).collect()
+    kept = marked.filter(pl.col(DROP).is_null()).drop(DROP)
+    dropped = marked.filter(pl.col(DROP).is_not_null())
+    bad = [(r["prompt_id"], r[DROP].split("_of:")[0], {"duplicate_of": r[DROP].split(":", 1)[-1],
+                                                      "messages": r["messages"]}) for r in dropped.to_dicts()]
+    for start in range(0, kept.height, _CHUNK):
+        run.write(kept.slice(start, _CHUNK))
+    run.quarantine(bad)
+    return run.finish(rows_in=src.height, target_keys=kept.get_column("prompt_id").to_list())

@@ -138,7 +138,7 @@ def _finish(recipe: Recipe, root: str, result: RunResult) -> None:
         result.export = str(export_dataset(store, result.pairs[-1], fmt=recipe.export.format, out=recipe.export.out,
                                            split=recipe.export.split, overwrite=True))
     from flows.report import write_report
-    result.report = str(write_report(store, out=recipe.report.out))
+    result.report = str(write_report(store, out=recipe.report.out, recipe=recipe.name))
 
 
 @flow(name="prefmill-recipe", log_prints=False)

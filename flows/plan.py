@@ -22,30 +22,33 @@ class PlannedStage:
     note: str = ""
 
 
-def count_seed_prompts(recipe: Recipe) -> int:
-    """Seed rows (cheap: counts lines / parquet metadata), or the topic tree's quota."""
-    p = recipe.prompts
-    n = 0
+def count_prompts(recipe: Recipe) -> int:
+    """Seed rows (cheap: counts lines / parquet metadata) plus the topic tree's quota."""
+    p, n = recipe.prompts, 0
     if p.seeds:
         path = Path(p.seeds.path)
-        if path.suffix == ".jsonl" or p.seeds.format == "jsonl":
-            n = sum(1 for line in path.open() if line.strip()) if path.is_file() else 0
-        elif path.suffix == ".parquet" or p.seeds.format == "parquet":
+        fmt = p.seeds.format
+        if fmt == "jsonl" or (fmt == "auto" and path.suffix in (".jsonl", ".json")):
+            n = sum(1 for line in path.open() if line.strip())
+        elif fmt == "parquet" or (fmt == "auto" and path.suffix == ".parquet"):
             import pyarrow.parquet as pq
-            n = pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
-        elif path.is_dir():
+            n = pq.ParquetFile(path).metadata.num_rows
+        else:
             from datasets import load_from_disk  # memory-mapped: counting rows reads no data
             ds = load_from_disk(str(path))
-            n = sum(len(d) for d in ds.values()) if hasattr(ds, "values") else len(ds)
+            n = len(ds[p.seeds.hf_split]) if hasattr(ds, "keys") else len(ds)
         if p.seeds.limit:
             n = min(n, p.seeds.limit)
     if p.topics:
-        t = p.topics
-        n_topics = len(t.topics) or t.n_topics
-        n += n_topics * t.subtopics_per_topic * t.prompts_per_subtopic * len(t.task_types)
-    if p.max_prompts:
-        n = min(n, p.max_prompts)
+        leaves = _topic_leaves(recipe)
+        n += leaves * len(p.write.task_types) * p.write.n_prompts
     return n
+
+
+def _topic_leaves(recipe: Recipe) -> int:
+    t = recipe.prompts.topics
+    n_macro = len(t.macro_topics) or t.n_macro
+    return n_macro * max(t.n_subtopics, 1)
 
 
 def table_name(recipe: Recipe, what: str, round_: int | None = None) -> str:
@@ -53,22 +56,26 @@ def table_name(recipe: Recipe, what: str, round_: int | None = None) -> str:
 
 
 def plan(recipe: Recipe) -> list[PlannedStage]:
-    n_prompts = count_seed_prompts(recipe)
+    n_prompts = count_prompts(recipe)
     held = int(round(n_prompts * recipe.prompts.heldout_fraction))
     train = n_prompts - held
     if recipe.eval.max_prompts:
         held = min(held, recipe.eval.max_prompts)
     s, out = recipe.sampling, []
-    if recipe.prompts.topics:
-        t = recipe.prompts.topics
-        n_topics = len(t.topics) or t.n_topics
-        gens = (0 if t.topics else 1) + n_topics + n_topics * t.subtopics_per_topic * len(t.task_types)
-        gens += n_prompts if t.refine else 0
-        out.append(PlannedStage(0, "topics+prompts", table_name(recipe, "prompts"), gens, 512, "topic tree"))
-    else:
-        out.append(PlannedStage(0, "import seeds", table_name(recipe, "prompts"), 0, 0, f"{n_prompts} seed prompts"))
-    if recipe.prompts.evolve:
-        out.append(PlannedStage(0, "evolve", table_name(recipe, "prompts"), n_prompts * len(recipe.prompts.evolve), 512))
+    p = recipe.prompts
+    if p.topics:
+        t = p.topics
+        n_macro = len(t.macro_topics) or t.n_macro
+        gens = (0 if t.macro_topics else t.attempts) + (n_macro if t.n_subtopics else 0)
+        out.append(PlannedStage(0, "topics", table_name(recipe, "topics"), gens, t.max_tokens, f"{n_macro} macro topics"))
+        out.append(PlannedStage(0, "write prompts", table_name(recipe, "prompts.written"),
+                                _topic_leaves(recipe) * len(p.write.task_types), p.write.max_tokens))
+    if p.seeds:
+        out.append(PlannedStage(0, "import seeds", table_name(recipe, "prompts.seeds"), 0, 0, str(p.seeds.path)))
+    for name in ("refine", "evolve"):
+        if getattr(p, name):
+            out.append(PlannedStage(0, name, table_name(recipe, f"prompts.{name}"), n_prompts, getattr(p, name).max_tokens))
+    out.append(PlannedStage(0, "constraints+dedup", table_name(recipe, "prompts"), 0, 0, f"~{n_prompts} prompts"))
     out.append(PlannedStage(0, "eval base", table_name(recipe, "evals"), held, recipe.eval.max_tokens, f"{held} held-out prompts"))
     for k in range(1, max(recipe.rounds.count, 1) + 1):
         out.append(PlannedStage(k, f"sample ({s.mode})", table_name(recipe, "samples", k), train * s.n, s.max_tokens,

@@ -18,6 +18,8 @@ from generators.scorers.config import ScorerConfig
 from generators.scorers.rules import RuleInstructionsConfig
 from pipelines.evals import EvalConfig
 from pipelines.pairs import PairsConfig
+from pipelines.prompts import PromptWriteConfig, RewriteConfig, TopicTreeConfig
+from pipelines.seeds import ConstraintConfig, PromptDedupConfig, SeedImportConfig
 from pipelines.sampling import SamplingStageConfig
 from trainers.config import PreferenceConfig, RewardModelConfig, RFTConfig
 
@@ -30,40 +32,37 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SeedSection(Strict):
-    path: str = Field(..., description="JSONL, Parquet or a HF dataset saved with save_to_disk")
-    format: Literal["jsonl", "parquet", "hf"] | None = Field(None, description="file format; inferred from the path when omitted")
-    prompt_column: str = Field("prompt", description="column with the prompt text")
-    reference_column: str | None = Field(None, description="column with a gold answer (SPIN, math rewards)")
-    limit: int | None = Field(None, ge=1, description="read at most this many rows")
-
-
-class TopicSection(Strict):
-    topics: list[str] = Field(default_factory=list, description="macro topics; generated when empty")
-    n_topics: int = Field(0, ge=0, description="macro topics to generate when `topics` is empty")
-    subtopics_per_topic: int = Field(3, ge=1, description="subtopics generated per topic")
-    prompts_per_subtopic: int = Field(2, ge=1, description="prompts written per subtopic and task type")
-    task_types: list[Literal["open_qa", "writing", "closed_qa", "math", "coding"]] = Field(
-        default_factory=lambda: ["open_qa", "writing"], description="prompt task types (Nemotron-4 340B)")
-    refine: bool = Field(True, description="run the refinement pass that makes prompts more specific")
-
-
 class PromptsSection(Strict):
-    seeds: SeedSection | None = Field(None, description="import prompts from a file")
-    topics: TopicSection | None = Field(None, description="generate prompts from a topic tree")
-    evolve: list[Literal["add_constraints", "deepen", "concretize"]] = Field(default_factory=list, description="Evol-Instruct operations applied once each")
-    constraints_per_prompt: int = Field(0, ge=0, le=4, description="verifiable instruction constraints attached per prompt")
-    constraint_kinds: list[str] | None = Field(None, description="restrict constraints to these kinds (filters.instructions.KINDS)")
-    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of prompts kept out of training for evaluation")
-    max_prompts: int | None = Field(None, ge=1, description="cap on prompts after dedup")
-    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard above which prompts are near-duplicates")
-    seed: int = Field(0, description="seed for constraint sampling and splits")
+    """Where prompts come from (seeds and/or a topic tree), then refinement, evolution, verifiable
+    constraints and dedup; each step is its own stage with its own table and lineage."""
+
+    seeds: SeedImportConfig | None = Field(None, description="import prompts from JSONL / Parquet / a saved HF dataset")
+    topics: TopicTreeConfig | None = Field(None, description="generate macro topics and subtopics (Nemotron-4 340B)")
+    write: PromptWriteConfig = Field(default_factory=PromptWriteConfig, description="prompt writing per topic and task type (with topics)")
+    refine: RewriteConfig | None = Field(None, description="refinement pass that makes generated prompts more specific")
+    evolve: RewriteConfig | None = Field(None, description="Evol-Instruct pass (add constraints, deepen, concretize)")
+    constraints: ConstraintConfig | None = Field(None, description="attach machine-checkable instruction constraints")
+    dedup: PromptDedupConfig = Field(default_factory=PromptDedupConfig, description="exact + near-duplicate prompt removal")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of prompts kept out of training for evaluation (by prompt hash)")
 
     @model_validator(mode="after")
-    def _source(self):
+    def _check(self):
         if not self.seeds and not self.topics:
             raise ValueError("prompts needs a source: set prompts.seeds.path or prompts.topics")
+        for name in ("seeds", "write", "refine", "evolve", "constraints"):
+            sub = getattr(self, name)
+            if sub is not None and "heldout_fraction" in sub.model_fields_set:
+                raise ValueError(f"set prompts.heldout_fraction, not prompts.{name}.heldout_fraction (one split for all prompt stages)")
+        if self.refine is not None and self.refine.kind != "refine":
+            raise ValueError("prompts.refine.kind must be 'refine' (use prompts.evolve for evolution)")
+        if self.evolve is not None and self.evolve.kind != "evolve":
+            raise ValueError("prompts.evolve.kind must be 'evolve'")
         return self
+
+    def stage(self, name: str):
+        """A sub-stage config with the recipe-wide held-out fraction applied."""
+        sub = getattr(self, name)
+        return None if sub is None else sub.model_copy(update={"heldout_fraction": self.heldout_fraction})
 
 
 class DPOTraining(PreferenceConfig):

@@ -29,17 +29,41 @@ def policy_config(recipe: Recipe, model_path: str) -> BackendConfig:
 
 @stage_task("prompts")
 def prompts_task(recipe: Recipe, store_root: str, run_id: str, policy_path: str) -> str:
-    from pipelines.prompts import build_prompts
+    """Seeds and/or topic tree → written prompts → refine → evolve → constraints → dedup; each step
+    a stage with its own table (`<recipe>.prompts.<step>`) and lineage; returns the final table."""
+    from pipelines import prompts as gen
+    from pipelines import seeds
+    from pipelines.union import union_stage
 
-    store = _store(store_root)
+    store, p = _store(store_root), recipe.prompts
+    name = lambda step: table_name(recipe, f"prompts.{step}")  # noqa: E731
+    sources = []
+    if p.seeds:
+        sources.append(seeds.import_stage(store, p.stage("seeds"), output=name("seeds")))
+        publish(store, sources[-1], label="import seeds")
     backend = None
-    if recipe.prompts.topics or recipe.prompts.evolve:
+    if p.topics or p.refine or p.evolve:
         backend = pool_for(run_id).get(policy_config(recipe, policy_path))
-    with stage_progress("prompts") as cb:
-        ref = build_prompts(store, config=recipe.prompts, output=table_name(recipe, "prompts"), backend=backend,
-                            progress=cb)
-    publish(store, ref, label="prompts")
-    return str(ref)
+    if p.topics:
+        topics = gen.topics_stage(store, backend, p.topics, output=table_name(recipe, "topics"))
+        publish(store, topics, label="topics")
+        written = gen.write_stage(store, backend, p.stage("write"), topics_ref=topics, output=name("written"))
+        publish(store, written, label="write prompts")
+        if p.refine:
+            written = gen.rewrite_stage(store, backend, p.stage("refine"), prompts=written, output=name("refined"))
+            publish(store, written, label="refine")
+        sources.append(written)
+    current = sources[0] if len(sources) == 1 else union_stage(store, sources, output=name("union"))
+    if p.evolve:
+        current = gen.rewrite_stage(store, backend, p.stage("evolve").model_copy(update={"keep_original": True}),
+                                    prompts=current, output=name("evolved"))
+        publish(store, current, label="evolve")
+    if p.constraints:
+        current = seeds.constraints_stage(store, p.stage("constraints"), prompts=current, output=name("constrained"))
+        publish(store, current, label="constraints")
+    final = seeds.dedup_stage(store, p.dedup, prompts=current, output=table_name(recipe, "prompts"))
+    publish(store, final, label="prompts")
+    return str(final)
 
 
 @stage_task("sample", retries=2)

@@ -34,7 +34,7 @@ def test_quickstart_is_the_embedded_default():
     assert r.policy.model == "smollm2" and r.rounds.count == 2
     assert r.training.trainer == "dpo" and r.pairs.strategy == "best_vs_worst"
     assert [s.kind for s in r.scoring] == ["rule_instructions"]
-    assert r.prompts.constraints_per_prompt >= 1
+    assert r.prompts.constraints is not None and r.prompts.constraints.k_min >= 1
 
 
 def _write(tmp_path, text: str) -> Path:

@@ -1,0 +1,94 @@
+"""The whole chain end to end on tiny models, through the real CLI in a subprocess:
+topics → prompts → samples → scores → pairs → two DPO rounds → evals → export → report;
+then a rerun reuses every completed stage and writes no new version."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFMILL = [sys.executable, "-m", "flows.cli"]
+
+
+def _recipe(tmp: Path, model: Path) -> Path:
+    seeds = tmp / "seeds.jsonl"
+    lines = (ROOT / "recipes/data/seed_prompts.jsonl").read_text().splitlines()[:24]
+    seeds.write_text("\n".join(lines) + "\n")
+    text = f"""
+name: tiny
+policy: {{kind: transformers, model: {model}}}
+prompts:
+  seeds: {{path: {seeds}}}
+  topics: {{macro_topics: [cooking, travel], n_subtopics: 0, max_tokens: 24}}
+  write: {{task_types: [open_qa], n_prompts: 2, max_tokens: 24}}
+  constraints: {{k_min: 1, k_max: 1, kinds: [lowercase, no_commas]}}
+  heldout_fraction: 0.25
+sampling: {{n: 3, temperature: 1.0, max_tokens: 12, batch_size: 8}}
+scoring: [{{kind: rule_instructions}}]
+pairs: {{strategy: best_vs_worst}}
+training: {{loss: sigmoid, max_steps: 2, batch_size: 4, max_length: 96, learning_rate: 1.0e-4}}
+rounds: {{count: 2, reference: previous}}
+eval: {{max_tokens: 12}}
+export: {{format: hf, out: {tmp / 'export'}}}
+report: {{out: {tmp / 'report'}}}
+"""
+    path = tmp / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(PREFMILL + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _versions(store: Path) -> dict[str, int]:
+    out = _run(["datasets", "list", "--store", str(store), "--json"], store.parent)
+    assert out.returncode == 0, out.stderr
+    return {t["table"]: t["version"] for t in json.loads(out.stdout)["tables"]}
+
+
+@pytest.mark.slow
+def test_full_chain_two_rounds_then_rerun_reuses(tmp_path, tiny_model_dir):
+    recipe, store = _recipe(tmp_path, tiny_model_dir), tmp_path / "store"
+    first = _run(["run", str(recipe), "--store", str(store)], tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "report:" in first.stdout
+
+    from datasets import load_from_disk
+
+    from pipelines.stage import lineage_of
+    from pipelines.store import Store
+    from trainers.registry import list_models
+
+    s = Store(store, create=False)
+    for name in ["tiny.topics", "tiny.prompts", "tiny.r1.samples", "tiny.r1.pairs", "tiny.r2.samples",
+                 "tiny.r2.pairs", "tiny.evals"]:
+        assert s.exists(name) and lineage_of(s, name).height >= 1, name
+    prompts = s.read("tiny.prompts")
+    assert set(prompts["split"]) == {"train", "heldout"}
+    assert prompts["constraints"].drop_nulls().len() == prompts.height
+    samples = s.read("tiny.r1.samples")
+    assert samples.height == 3 * prompts.filter(prompts["split"] == "train").height
+    models = list_models(s)
+    assert models.height == 2 and sorted(models["round"].to_list()) == [1, 2]
+    assert all(Path(p).is_dir() for p in models["path"])
+    r2 = models.filter(models["round"] == 2).row(0, named=True)
+    assert r2["base_model"].endswith("r1") and "tiny.r2.pairs" in r2["dataset"]
+    evals = s.read("tiny.evals")
+    assert sorted(set(evals["round"].to_list())) == [0, 1, 2]
+    assert {"pass_rate", "kl_to_reference"} <= set(evals["metric"].to_list())
+    ds = load_from_disk(str(tmp_path / "export"))
+    split = ds["train"] if hasattr(ds, "keys") else ds
+    assert {"prompt", "chosen", "rejected"} <= set(split.column_names)
+    assert (tmp_path / "report" / "report.html").stat().st_size > 1000
+
+    before = _versions(store)
+    again = _run(["run", str(recipe), "--store", str(store)], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _versions(store) == before, "a rerun of a completed recipe must reuse every stage"

@@ -5,16 +5,19 @@
     parse_list('- **Rivers**: how they form\\n- Lakes')           -> ['Rivers: how they form', 'Lakes']
     parse_single('Rewritten prompt: "Name three rivers."')      -> 'Name three rivers.'
 
-Accepted list shapes, tried in order: a JSON array of strings (bare, fenced, or inside prose);
-numbered items (`1.`, `1)`, `(1)`, `1:`, `#1`); bulleted items (`-`, `*`, `+`, `•`); and, when
-there are no markers, one item per non-empty line (lines ending in ':' are headers and are
-skipped). Unmarked lines after a marked item continue it unless a blank line came first (then
-they are closing prose). Items are stripped of quotes and markdown bold and de-duplicated
-case-insensitively in order; items without a letter or digit are dropped. Nothing usable raises ListParseError, so the caller can quarantine
-the raw text. `ask_lists` / `ask_texts` send requests to a backend and parse the replies.
+Accepted list shapes, tried in order: a JSON array of strings (bare, fenced, or inside prose)
+or a Python-style list (['a', 'b']); numbered items (`1.`, `1)`, `(1)`, `1:`, `#1`); bulleted
+items (`-`, `*`, `+`, `•`); and, when there are no markers, one item per non-empty line (lines
+ending in ':' are headers and are skipped). Unmarked lines after a marked item continue it
+unless a blank line came first (then they are closing prose). Items lose labels ('Topic: '),
+quotes and markdown bold; lines that look like code (`x = [`, `.append(`) and items without a
+letter or digit are dropped; the rest are de-duplicated case-insensitively in order. Nothing
+usable raises ListParseError, so the caller can quarantine the raw text. `ask_lists` /
+`ask_texts` send requests to a backend and parse the replies.
 """
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Sequence
@@ -27,6 +30,8 @@ _BULLET = re.compile(r"^\s*[-*+•–]\s+(.*)$")
 _FENCE = re.compile(r"^\s*```[\w-]*\s*$")
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:rewritten|refined|evolved|new|improved|final)?\s*(?:prompt|instruction|question|"
                     r"answer|output|response)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.I)
+_ITEM_LABEL = re.compile(r"^(?:sub)?(?:topic|prompt|question|task|title)\s*\d*\s*[:.\-]\s+", re.I)
+_CODE = re.compile(r"[\[{=(]\s*$|\w+\s*=\s*[\[{(]|\.append\(")
 _QUOTES = [('"', '"'), ("'", "'"), ("“", "”"), ("‘", "’"), ("`", "`")]
 
 
@@ -36,6 +41,7 @@ class ListParseError(ValueError):
 
 def _clean(item: str) -> str:
     item = " ".join(item.split())
+    item = _ITEM_LABEL.sub("", item)
     item = re.sub(r"\*\*(.+?)\*\*", r"\1", item)
     item = re.sub(r"__(.+?)__", r"\1", item)
     for _ in range(2):
@@ -46,12 +52,14 @@ def _clean(item: str) -> str:
     return item.rstrip(",").strip()
 
 
-def _dedup(items: list[str], max_chars: int) -> list[str]:
+def _dedup(items: list[str], max_chars: int, max_words: int | None) -> list[str]:
     seen, out = set(), []
     for it in items:
         it = _clean(it)
         k = it.casefold()
-        if any(ch.isalnum() for ch in it) and k not in seen and len(it) <= max_chars:
+        if max_words is not None and len(it.split()) > max_words:
+            continue
+        if any(ch.isalnum() for ch in it) and not _CODE.search(it) and k not in seen and len(it) <= max_chars:
             seen.add(k)
             out.append(it)
     return out
@@ -76,7 +84,10 @@ def _json_array(text: str) -> list[str] | None:
                     try:
                         data = json.loads(text[start:i + 1])
                     except ValueError:
-                        break
+                        try:                     # Python list syntax: ['a', 'b']
+                            data = ast.literal_eval(text[start:i + 1])
+                        except (ValueError, SyntaxError, MemoryError, RecursionError):
+                            break
                     if isinstance(data, list) and data and all(isinstance(x, (str, int, float)) for x in data):
                         return [str(x) for x in data]
                     if isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
@@ -106,7 +117,8 @@ def _marked(lines: list[str]) -> list[str]:
     return items
 
 
-def parse_list(text: str, *, max_items: int | None = None, max_item_chars: int = 2000) -> list[str]:
+def parse_list(text: str, *, max_items: int | None = None, max_item_chars: int = 2000,
+               max_item_words: int | None = None) -> list[str]:
     """Items of a list-shaped LLM output (see module docstring); raises ListParseError."""
     if not text or not text.strip():
         raise ListParseError("empty output; the model returned no text")
@@ -116,7 +128,7 @@ def parse_list(text: str, *, max_items: int | None = None, max_item_chars: int =
         items = _marked(lines)
         if not items:
             items = [ln for ln in lines if ln.strip() and not ln.rstrip().endswith(":")]
-    out = _dedup(items, max_item_chars)
+    out = _dedup(items, max_item_chars, max_item_words)
     if not out:
         raise ListParseError(f"no list items found in {text[:80]!r}...")
     return out[:max_items] if max_items is not None else out
@@ -149,14 +161,14 @@ class Parsed:
 
 
 def ask_lists(backend: Backend, requests: Sequence[str], sampling: Sampling, *,
-              max_items: int | None = None) -> list[Parsed]:
+              max_items: int | None = None, max_item_words: int | None = None) -> list[Parsed]:
     """Send each request as one user turn (batched) and parse the first completion as a list."""
     outs = backend.generate([[{"role": "user", "content": r}] for r in requests], replace(sampling, n=1))
     res = []
     for req, out in zip(requests, outs):
         raw = out[0].text
         try:
-            res.append(Parsed(req, raw, items=tuple(parse_list(raw, max_items=max_items))))
+            res.append(Parsed(req, raw, items=tuple(parse_list(raw, max_items=max_items, max_item_words=max_item_words))))
         except ListParseError as e:
             res.append(Parsed(req, raw, error=str(e)))
     return res

@@ -19,6 +19,7 @@ from generators.listparse import Parsed, ask_lists
 from generators.templates import render, template_hash
 
 TEMPLATES = ("topics.jinja", "subtopics.jinja")
+MAX_TOPIC_WORDS = 12     # longer "topics" are prose or code a small model wrote around the list
 
 
 def generate_topics(backend: Backend, *, n: int, sampling: Sampling, domain: str = "", attempts: int = 3,
@@ -33,7 +34,8 @@ def generate_topics(backend: Backend, *, n: int, sampling: Sampling, domain: str
         if len(have) >= n:
             break
         req = render("topics.jinja", directory=template_dir, n=n - len(have), domain=domain, exclude=have)
-        results += ask_lists(backend, [req], replace(sampling, seed=sampling.seed + attempt), max_items=n)
+        results += ask_lists(backend, [req], replace(sampling, seed=sampling.seed + attempt), max_items=n,
+                             max_item_words=MAX_TOPIC_WORDS)
     return results
 
 
@@ -51,7 +53,7 @@ def generate_subtopics(backend: Backend, topics: Sequence[str], *, n: int, sampl
                        template_dir: str | Path | None = None) -> list[Parsed]:
     """One Parsed per topic, with up to `n` subtopics each (one batched backend call)."""
     reqs = [render("subtopics.jinja", directory=template_dir, topic=t, n=n) for t in topics]
-    return ask_lists(backend, reqs, sampling, max_items=n) if reqs else []
+    return ask_lists(backend, reqs, sampling, max_items=n, max_item_words=MAX_TOPIC_WORDS) if reqs else []
 
 
 def template_hashes(template_dir: str | Path | None = None) -> dict[str, str]:

@@ -78,3 +78,13 @@ def test_parse_single_errors():
         parse_single("  \n```\n```")
     with pytest.raises(ListParseError, match="max_chars"):
         parse_single("x " * 3000)
+
+
+def test_small_model_habits():
+    # Shapes SmolLM2-135M produced when asked for topics.
+    raw = "Topic: Everyday Life\nHere's a sample of the output you can see: ['Science', 'Culture', 'Work']"
+    assert parse_list(raw) == ["Science", "Culture", "Work"]
+    assert parse_list("Topic: Everyday Life\nFashion\nFood") == ["Everyday Life", "Fashion", "Food"]
+    code = "topics = [\n'topics.append(f\"x\")'\nGardening"
+    assert parse_list(code) == ["Gardening"]
+    assert parse_list("1. Baking\n2. " + "word " * 20, max_item_words=12) == ["Baking"]

@@ -153,19 +153,27 @@ def test_rewrite_stages_on_tiny_model(store, tiny_backend, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_smollm2_topic_tree_to_refined_prompts(store):
+    pytest.importorskip("vllm")
+    from generators.backends.vllm_offline import VLLMBackend
     from generators.models.registry import resolve_model
 
-    be = TransformersBackend(resolve_model("smollm2"), model_id="smollm2")
+    be = VLLMBackend(resolve_model("smollm2"), model_id="smollm2", max_model_len=1024)
     be.load()
-    gen = dict(temperature=0.7, max_tokens=160, seed=1)
-    topics_stage(store, be, TopicTreeConfig(n_macro=2, n_subtopics=2, attempts=2, **gen))
-    tt = store.read("topics")
-    assert (tt["depth"] == 0).sum() >= 1 and (tt["depth"] == 1).sum() >= 1
-    pref = write_stage(store, be, PromptWriteConfig(task_types=("writing",), n_prompts=2, heldout_fraction=0.0, **gen))
-    prompts = store.read(pref)
-    assert prompts.height >= 2 and set(prompts["split"]) == {"train"}
-    ref = rewrite_stage(store, be, RewriteConfig(kind="refine", **gen), prompts=pref)
-    refined = store.read(ref)
+    try:
+        gen = dict(temperature=0.7, max_tokens=160, seed=1)
+        topics_stage(store, be, TopicTreeConfig(n_macro=3, n_subtopics=2, attempts=2, **gen))
+        tt = store.read("topics")
+        assert (tt["depth"] == 0).sum() >= 1 and (tt["depth"] == 1).sum() >= 1
+        assert all(len(t.split()) <= 12 for t in tt["text"])
+        pref = write_stage(store, be, PromptWriteConfig(task_types=("writing",), n_prompts=2, heldout_fraction=0.0,
+                                                        **gen))
+        prompts = store.read(pref)
+        assert prompts.height >= 2 and set(prompts["split"]) == {"train"}
+        ref = rewrite_stage(store, be, RewriteConfig(kind="refine", **gen), prompts=pref)
+        refined = store.read(ref)
+    finally:
+        be.close()
     assert refined.height >= 1
     assert all(len(m[-1]["content"].split()) >= 3 for m in refined["messages"].to_list())

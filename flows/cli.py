@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prefect_defaults() -> None:
+def _env_defaults() -> None:
     """The ephemeral Prefect API starts in-process; on a loaded 2-core machine it needs longer
     than Prefect's default 20 s. Analytics would try the network. Both only if unset."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -68,10 +68,12 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # vLLM's engine in this process: starts in seconds on CPU and lets the backend reseed it.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 def main(argv: list[str] | None = None) -> int:
-    _prefect_defaults()
+    _env_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -17,17 +17,20 @@ the same one-prompt-times-4-sequences forward shape).
 distilabel is installed by this script into its own virtual environment under the cache dir
 ($PREFMILL_CACHE/bench/distilabel-1.5.3). Its site-packages chain to prefmill's .venv through a
 .pth file, so torch and transformers are the very same builds on both sides; pip installs only
-what distilabel needs beyond them. Each side runs in a fresh subprocess; the wall time is taken
-inside it from before the first model load to the written pairs (imports excluded on both).
+what distilabel needs beyond them. Each side runs in a fresh subprocess with OMP_NUM_THREADS=1
+(unless set): on a shared 2-core machine torch's spinning thread pools otherwise turn each tiny
+matmul into ~30 ms of contention, on both sides alike. The wall time is taken inside each
+subprocess from before the first model load to the written pairs (imports excluded on both).
+distilabel's own RewardModelScore fails on transformers 5 (see RewardScore below), so the
+distilabel side scores with an equivalent custom Step; pairs come from a GlobalStep.
 
 Last line: `vs_distilabel: X.XX (distilabel wall time / prefmill wall time, tiny model)`.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,32 +49,91 @@ def prompts(n: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# distilabel side (runs inside the distilabel virtual environment)
+# distilabel side (runs inside the distilabel virtual environment). The steps are module-level
+# classes so distilabel can pickle them to its step processes (it imports this file as
+# `vs_distilabel`). No postponed annotations in this file: distilabel finds a step's input by the
+# evaluated `StepInput` type hint.
 # ------------------------------------------------------------------------------------------
+try:
+    from distilabel.steps import GlobalStep, Step, StepInput
+except ImportError:        # the prefmill side does not have distilabel
+    Step = None
+
+if Step is not None:
+    from pydantic import PrivateAttr
+
+    class RewardScore(Step):
+        """One reward score per (instruction, generation): chat template, right padding, float32.
+        (distilabel's own RewardModelScore breaks on transformers 5: apply_chat_template(...,
+        return_tensors="pt") returns a BatchEncoding, which it passes to the model as input_ids.)"""
+
+        model: str
+        _model = PrivateAttr(None)
+        _tok = PrivateAttr(None)
+
+        def load(self) -> None:
+            super().load()
+            import torch
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.model, local_files_only=True)
+            self._tok.padding_side = "right"
+            self._model = AutoModelForSequenceClassification.from_pretrained(
+                self.model, dtype=torch.float32, local_files_only=True).eval()
+
+        @property
+        def inputs(self):
+            return ["instruction", "generation"]
+
+        @property
+        def outputs(self):
+            return ["score"]
+
+        def process(self, inputs: StepInput):
+            import torch
+
+            texts = [self._tok.apply_chat_template([{"role": "user", "content": r["instruction"]},
+                                                    {"role": "assistant", "content": r["generation"] or ""}],
+                                                   tokenize=False) for r in inputs]
+            enc = self._tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+            with torch.inference_mode():
+                logits = self._model(**enc).logits[:, 0].float().tolist()
+            for row, score in zip(inputs, logits):
+                row["score"] = score
+            yield inputs
+
+    class BestVsWorst(GlobalStep):
+        """Per instruction: the best- and worst-scored generation as chosen / rejected."""
+
+        @property
+        def inputs(self):
+            return ["instruction", "generation", "score"]
+
+        @property
+        def outputs(self):
+            return ["prompt", "chosen", "rejected"]
+
+        def process(self, inputs: StepInput):
+            by = {}
+            for row in inputs:
+                by.setdefault(row["instruction"], []).append(row)
+            out = []
+            for instr, rows in by.items():
+                best = max(rows, key=lambda r: r["score"])
+                worst = min(rows, key=lambda r: r["score"])
+                if best["score"] > worst["score"]:
+                    out.append({"instruction": instr, "prompt": instr, "chosen": best["generation"],
+                                "rejected": worst["generation"], "generation": None, "score": None})
+            yield out
+
+
 def run_distilabel(w: dict) -> dict:
     from distilabel.models import TransformersLLM
     from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts, RewardModelScore, StepInput, step
+    from distilabel.steps import LoadDataFromDicts
     from distilabel.steps.tasks import TextGeneration
 
-    def best_vs_worst(inputs: StepInput):
-        by: dict[str, list[dict]] = {}
-        for row in inputs:
-            by.setdefault(row["instruction"], []).append(row)
-        out = []
-        for instr, rows in by.items():
-            best = max(rows, key=lambda r: r["score"])
-            worst = min(rows, key=lambda r: r["score"])
-            if best["score"] > worst["score"]:
-                out.append({"instruction": instr, "prompt": instr, "chosen": best["generation"],
-                            "rejected": worst["generation"], "generation": None, "score": None})
-        yield out
-
-    # distilabel finds the input parameter by its (evaluated) type hint; this module uses postponed
-    # annotations, so hand it the class itself.
-    best_vs_worst.__annotations__ = {"inputs": StepInput}
-    BestVsWorst = step(inputs=["instruction", "generation", "score"], outputs=["prompt", "chosen", "rejected"],
-                       step_type="global")(best_vs_worst)
+    from vs_distilabel import BestVsWorst, RewardScore   # importable by name in distilabel's subprocesses
 
     t0 = time.perf_counter()
     with Pipeline(name="vs-prefmill", cache_dir=w["work"] + "/distilabel-cache") as pipe:
@@ -81,8 +143,7 @@ def run_distilabel(w: dict) -> dict:
                                 generation_kwargs={"max_new_tokens": w["max_tokens"], "temperature": w["temperature"],
                                                    "top_p": w["top_p"], "do_sample": True}),
             num_generations=w["n"], group_generations=False, input_batch_size=w["gen_batch"])
-        rm = RewardModelScore(model=w["rm"], torch_dtype="float32", input_batch_size=w["rm_batch"],
-                              input_mappings={"response": "generation"})
+        rm = RewardScore(model=w["rm"], input_batch_size=w["rm_batch"])
         pairs = BestVsWorst()
         load >> gen >> rm >> pairs
     ds = pipe.run(use_cache=False)
@@ -143,7 +204,8 @@ def ensure_distilabel(cache: Path) -> Path:
 
 
 def _side(python: str, side: str, w: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "DISTILABEL_LOG_LEVEL": "WARNING"}
     t0 = time.perf_counter()
     r = subprocess.run([python, __file__, "--side", side, "--job", json.dumps(w)], capture_output=True, text=True,
@@ -162,19 +224,26 @@ def versions(python: str) -> str:
 
 
 def compare(label: str, model: Path, rm: Path, dl_python: str, *, n_prompts: int, max_tokens: int,
-            work: Path) -> tuple[float, dict, dict]:
+            work: Path, repeats: int) -> tuple[float, list[dict], list[dict]]:
+    """Run both sides `repeats` times, interleaved (the machine is shared: load drifts), and
+    return the ratio of median wall times."""
     w = {"prompts": prompts(n_prompts), "n": 4, "max_tokens": max_tokens, "temperature": 1.0, "top_p": 1.0,
          "model": str(model), "rm": str(rm), "rm_batch": 8, "gen_batch": 8}
-    res = {}
-    for side, py in (("prefmill", sys.executable), ("distilabel", dl_python)):
-        d = work / f"{label}-{side}"
-        d.mkdir(parents=True, exist_ok=True)
-        res[side] = _side(py, side, {**w, "work": str(d)})
-        print(f"{label} {side}: {res[side]['wall_s']:.1f} s work, {res[side]['process_s']:.1f} s process, "
-              f"{res[side]['pairs']} pairs", flush=True)
-    ratio = res["distilabel"]["wall_s"] / res["prefmill"]["wall_s"]
+    res: dict[str, list[dict]] = {"prefmill": [], "distilabel": []}
+    for i in range(repeats):
+        order = (("prefmill", sys.executable), ("distilabel", dl_python))
+        for side, py in (order if i % 2 == 0 else order[::-1]):
+            d = work / f"{label}-{side}-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            r = _side(py, side, {**w, "work": str(d)})
+            res[side].append(r)
+            print(f"{label} {side} #{i}: {r['wall_s']:.1f} s work, {r['process_s']:.1f} s process, "
+                  f"{r['pairs']} pairs", flush=True)
+    med = {k: statistics.median(r["wall_s"] for r in v) for k, v in res.items()}
+    ratio = med["distilabel"] / med["prefmill"]
     print(f"{label}: {n_prompts} prompts x n=4, max_tokens={max_tokens}, temperature=1.0, top_p=1.0, "
-          f"{4 * n_prompts} reward scores (8 per forward); ratio {ratio:.2f}", flush=True)
+          f"{4 * n_prompts} reward scores (8 per forward); median wall prefmill {med['prefmill']:.1f} s, "
+          f"distilabel {med['distilabel']:.1f} s; ratio {ratio:.2f}", flush=True)
     return ratio, res["prefmill"], res["distilabel"]
 
 
@@ -185,11 +254,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=["tiny", "smollm2"], default=None, help="run one model only")
     ap.add_argument("--prompts", type=int, default=64, help="seed prompts (tiny model)")
     ap.add_argument("--smol-prompts", type=int, default=16, help="seed prompts (SmolLM2)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per side (median is reported)")
     ap.add_argument("--work", default=None, help="work folder (default: a temp dir)")
     a = ap.parse_args(argv)
     if a.side:
-        fn = run_prefmill if a.side == "prefmill" else run_distilabel
-        print(json.dumps(fn(json.loads(a.job))), flush=True)
+        if a.side == "prefmill":
+            out = run_prefmill(json.loads(a.job))
+        else:
+            import vs_distilabel   # the module (not __main__) holds the picklable step classes
+            out = vs_distilabel.run_distilabel(json.loads(a.job))
+        print(json.dumps(out), flush=True)
         return
     from generators.models.registry import cache_dir, resolve_model
     from generators.models.tiny import build_tiny_llama
@@ -203,9 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     tiny_ratio = None
     if a.only in (None, "smollm2"):
         smol = resolve_model("smollm2")
-        compare("smollm2", smol, rm, dl_python, n_prompts=a.smol_prompts, max_tokens=64, work=work)
+        compare("smollm2", smol, rm, dl_python, n_prompts=a.smol_prompts, max_tokens=64, work=work,
+                repeats=a.repeats)
     if a.only in (None, "tiny"):
-        tiny_ratio, _, _ = compare("tiny", tiny, rm, dl_python, n_prompts=a.prompts, max_tokens=32, work=work)
+        tiny_ratio, _, _ = compare("tiny", tiny, rm, dl_python, n_prompts=a.prompts, max_tokens=32, work=work,
+                                     repeats=a.repeats)
     if tiny_ratio is not None:
         print(f"vs_distilabel: {tiny_ratio:.2f} (distilabel wall time / prefmill wall time, tiny model)")
 

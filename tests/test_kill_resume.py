@@ -26,6 +26,7 @@ def _bench():
     return mod
 
 
+@pytest.mark.slow   # ~40-90 s: five worker processes, each loading torch + the model
 def test_sampling_stage_survives_sigkills(tmp_path):
     bench = _bench()
     lines: list[str] = []

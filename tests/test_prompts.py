@@ -162,8 +162,8 @@ def test_smollm2_topic_tree_to_refined_prompts(store):
     be = VLLMBackend(resolve_model("smollm2"), model_id="smollm2", max_model_len=1024)
     be.load()
     try:
-        gen = dict(temperature=0.7, max_tokens=160, seed=1)
-        topics_stage(store, be, TopicTreeConfig(n_macro=3, n_subtopics=2, attempts=2, **gen))
+        gen = dict(temperature=0.7, max_tokens=96, seed=1)
+        topics_stage(store, be, TopicTreeConfig(n_macro=2, n_subtopics=2, attempts=2, **gen))
         tt = store.read("topics")
         assert (tt["depth"] == 0).sum() >= 1 and (tt["depth"] == 1).sum() >= 1
         assert all(len(t.split()) <= 12 for t in tt["text"])

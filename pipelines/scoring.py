@@ -61,23 +61,27 @@ def _score_rows(batch: pl.DataFrame, scorer_id: str, scores, attributes, spreads
         "details": pl.Series(details, dtype=pl.String)})
 
 
-def _rule_code_hash(module) -> str:
-    return hashlib.blake2b(Path(module.__file__).read_bytes(), digest_size=6).hexdigest()
+def _rule_code_hash(*modules) -> str:
+    """Hash of the rule code a score depends on: a changed check gives new score keys."""
+    h = hashlib.blake2b(digest_size=6)
+    for m in modules:
+        h.update(Path(m.__file__).read_bytes())
+    return h.hexdigest()
 
 
 class _RuleScorer:
     """Adapter that gives a filters/rule_rewards function the stage's scorer shape."""
 
     def __init__(self, cfg: RuleInstructionsConfig | RuleMathConfig):
-        from filters import rule_rewards
+        from filters import instructions, math_answer, rule_rewards
 
         self.cfg = cfg
-        self._code = _rule_code_hash(rule_rewards)
+        self._code = _rule_code_hash(rule_rewards, instructions, math_answer)
         self._fn = rule_rewards.instruction_reward if cfg.kind == "rule_instructions" else rule_rewards.math_reward
         mode = f":{cfg.mode}" if isinstance(cfg, RuleInstructionsConfig) else ""
         self.id = f"{cfg.kind}:{cfg.display_name()}{mode}:code#{self._code}"
         self.models: dict[str, str] = {}
-        self.templates = {"filters/rule_rewards.py": self._code}
+        self.templates = {"filters/rule_rewards.py+instructions.py+math_answer.py": self._code}
 
     def frame(self, batch: pl.DataFrame) -> pl.DataFrame:
         """batch + score, failed (the rule's output), with null score where the rule cannot apply."""

@@ -393,13 +393,18 @@ def test_json_constraint_and_answer_checks_never_execute_output(tmp_path, payloa
                           "reference": ["4"]})
     assert instruction_reward(frame).collect()["score"].to_list() == [0.0]
     assert math_reward(frame).collect()["score"].to_list() == [0.0]
+    from generators.listparse import ListParseError, parse_list   # JSON, then Python-literal lists
+    try:
+        parse_list(f"['a', {text!r}, __import__('os').system('touch {marker}')]")
+    except ListParseError:
+        pass
     assert not marker.exists()
 
 
 _UNSAFE_CALLS = {"eval", "exec", "compile", "__import__", "execfile", "input"}
 _UNSAFE_ATTRS = {("pickle", "loads"), ("pickle", "load"), ("marshal", "loads"), ("yaml", "unsafe_load"),
                  ("yaml", "full_load"), ("dill", "loads"), ("cloudpickle", "loads"), ("os", "system"),
-                 ("os", "popen"), ("ast", "literal_eval")}
+                 ("os", "popen")}     # ast.literal_eval is allowed: literals only, no calls or names
 
 
 def _unsafe_calls(path: Path, root: Path = ROOT) -> list[str]:

@@ -146,15 +146,43 @@ def recipe_flow(recipe_path: str, store: str | None = None, overrides: list[str]
     """The whole recipe as one Prefect flow (what `prefmill run` and `prefmill serve` run)."""
     recipe = load_recipe(recipe_path, overrides=overrides)
     root = str(store or default_root())
+    preflight(recipe, root)
     result = execute(recipe, root, str(flow_run.id or "local"))
     get_run_logger().info(result.summary())
     return {"ok": result.ok, "stopped": result.stopped, "evals": result.evals, "report": result.report,
             "pairs": result.pairs, "models": result.models}
 
 
+def preflight(recipe: Recipe, root: str) -> None:
+    """Everything that can be checked before a stage writes: the store path, seed files and
+    their columns, model folders, endpoints. Raises the one-line error types the CLI prints."""
+    Store(root)
+    if recipe.prompts.seeds:
+        from pipelines.seeds import check_seeds
+        check_seeds(recipe.prompts.stage("seeds"))
+    from generators.backends.factory import make_backend
+    from generators.models.registry import resolve_model
+
+    backends = [recipe.policy] + [sc.backend for sc in recipe.scoring if hasattr(sc, "backend")]
+    for cfg in backends:
+        if cfg.kind == "openai":
+            probe = make_backend(cfg)     # load() contacts the endpoint: unreachable -> BackendError
+            probe.load()
+            probe.close()
+        else:
+            resolve_model(cfg.model)
+    for sc in recipe.scoring:
+        if sc.kind in ("rm", "multi_rm"):
+            resolve_model(sc.model)
+    for path in (recipe.eval.reward_model, recipe.eval.judge):
+        if path:
+            resolve_model(path)
+
+
 def run_recipe(recipe: Recipe, *, store: str | None, recipe_path: str, overrides: list[str] | None = None) -> RunResult:
     """Run a validated recipe as a Prefect flow in this process and return its result."""
     root = str(store or default_root())
+    preflight(recipe, root)
     holder: dict[str, RunResult] = {}
 
     @flow(name=f"prefmill-{recipe.name}", log_prints=False)

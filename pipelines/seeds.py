@@ -60,7 +60,13 @@ def _read(cfg: SeedImportConfig) -> pl.DataFrame:
         if not fmt:
             raise SchemaError(f"cannot tell the format of {cfg.path!r} from its suffix; set format to jsonl, parquet or hf_disk")
     if fmt == "jsonl":
-        return pl.read_ndjson(p, infer_schema_length=None)
+        if not any(line.strip() for line in p.open(encoding="utf-8", errors="replace")):
+            raise SchemaError(f"seed file {cfg.path!r} has no rows; add prompts (one JSON object per line)")
+        try:
+            return pl.read_ndjson(p, infer_schema_length=None)
+        except pl.exceptions.ComputeError as e:
+            raise SchemaError(f"seed file {cfg.path!r} is not valid JSONL ({str(e).splitlines()[0]}); "
+                              "write one JSON object per line") from None
     if fmt == "parquet":
         return pl.read_parquet(p)
     from datasets import DatasetDict, load_from_disk
@@ -84,13 +90,29 @@ def _column(df: pl.DataFrame, name: str, field: str, path: str, ok: tuple[type, 
     return s
 
 
-def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_prompts") -> TableRef:
-    """Seed prompts -> a `prompts` table (source = seed:<file name>)."""
+def check_seeds(cfg: SeedImportConfig) -> pl.DataFrame:
+    """Read the seed file and check its columns; raise a one-line SchemaError if it cannot be
+    imported (missing file, unknown format, no rows, missing or mistyped columns)."""
     if (cfg.prompt_column is None) == (cfg.messages_column is None):
         raise SchemaError("set exactly one of prompt_column and messages_column in the seed config")
     df = _read(cfg)
     if cfg.limit:
         df = df.head(cfg.limit)
+    if df.height == 0:
+        raise SchemaError(f"seed file {cfg.path!r} has no rows; add prompts or point path at another file")
+    if cfg.messages_column:
+        _column(df, cfg.messages_column, "messages_column", cfg.path, (pl.List,))
+    else:
+        _column(df, cfg.prompt_column, "prompt_column", cfg.path, (pl.String,))
+    for name, field in [(cfg.reference_column, "reference_column"), (cfg.task_type_column, "task_type_column")]:
+        if name:
+            _column(df, name, field, cfg.path, (pl.String,))
+    return df
+
+
+def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_prompts") -> TableRef:
+    """Seed prompts -> a `prompts` table (source = seed:<file name>)."""
+    df = check_seeds(cfg)
     p = Path(cfg.path)
     st = p.stat()
     run = StageRun(store, stage="import_seeds", output=output, kind="prompts",

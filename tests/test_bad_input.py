@@ -138,10 +138,6 @@ def test_missing_seed_file(tmp_path, filled, capfd):
     one_line_error(capfd, ["run", str(r), "--store", str(filled)], filled, needles=("nope.jsonl", "does not exist"))
 
 
-@pytest.mark.xfail(strict=True, reason="flows/loop.py: the policy folder is resolved inside the Prefect flow "
-                   "(execute -> _initial_policy -> resolve_model), so Prefect logs 'Encountered exception' with a "
-                   "full traceback and INFO lines before prefmill's one-line error. Fix: resolve and check "
-                   "recipe.policy.model in run_recipe (or load_recipe) before the flow starts")
 def test_missing_model_path(tmp_path, filled, capfd):
     s = seeds(tmp_path, ['{"prompt": "hi"}'])
     r = write_recipe(tmp_path, recipe_text(s, tmp_path / "no-such-model"))
@@ -149,11 +145,6 @@ def test_missing_model_path(tmp_path, filled, capfd):
                    needles=("no-such-model", "does not exist", "local folder"))
 
 
-@pytest.mark.xfail(strict=True, reason="flows/loop.py execute(): the openai endpoint is first contacted by the "
-                   "sample task, after the prompts stage has already written bad.prompts (store changed); "
-                   "Prefect also logs the task failure with a traceback. Fix: check the endpoint "
-                   "(backend.load()) before the first stage writes, and keep Prefect's traceback off the console "
-                   "for BackendError")
 def test_unreachable_endpoint(tmp_path, filled, capfd):
     s = seeds(tmp_path, ['{"prompt": "hi"}'])
     port = closed_port()
@@ -166,11 +157,6 @@ def test_unreachable_endpoint(tmp_path, filled, capfd):
                    needles=(f"127.0.0.1:{port}", "start the server or fix base_url"))
 
 
-@pytest.mark.xfail(strict=True, reason="seed problems surface inside the Prefect flow (pipelines/seeds.py raises "
-                   "SchemaError correctly), but Prefect logs 'Encountered exception' with a traceback on stderr "
-                   "(flows/loop.py / flows/tasks.py): the user sees many lines. Fix: validate seed columns in "
-                   "flows/recipe.py load_recipe (read the header) or silence Prefect's task-failure traceback for "
-                   "known user errors")
 @pytest.mark.parametrize("lines,needles", [
     (['{"text": "hi"}', '{"text": "there"}'], ("no column 'prompt'", "prompt_column")),
     (['{"prompt": 5}', '{"prompt": 6}'], ("prompt", "dtype", "expected String")),
@@ -181,11 +167,6 @@ def test_seed_file_with_missing_or_mistyped_column(tmp_path, filled, capfd, line
     one_line_error(capfd, ["run", str(r), "--store", str(filled)], filled, needles=needles)
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/seeds.py _read: pl.read_ndjson on an empty file raises polars "
-                   "ComputeError ('Cannot infer NDJSON types on empty reader'), which is not a known user error, so "
-                   "`prefmill run` ends in a traceback (inside the Prefect flow). Fix: in _read / import_stage raise "
-                   "SchemaError(\"seed file X has no rows; add prompts, one JSON object per line\"), ideally checked "
-                   "in flows/recipe.py load_recipe before the flow starts")
 def test_empty_seed_file(tmp_path, filled, capfd, tiny_model_dir):
     s = seeds(tmp_path, [])
     r = write_recipe(tmp_path, recipe_text(s, tiny_model_dir))
@@ -220,9 +201,6 @@ def test_store_path_that_is_a_file(tmp_path, capfd):
     assert f.read_text() == "not a store" and not (tmp_path / "rep").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="flows/loop.py: `prefmill run --store FILE` opens the store inside the "
-                   "Prefect flow (execute -> Store(root)), so Prefect logs the StoreError with a traceback before "
-                   "the one-line error. Fix: open/check the store in run_recipe before the flow starts")
 def test_run_with_store_path_that_is_a_file(tmp_path, capfd):
     f = tmp_path / "store.txt"
     f.write_text("not a store")

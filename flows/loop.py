@@ -78,7 +78,10 @@ def _round(recipe: Recipe, root: str, run_id: str, *, k: int, prompts: str, poli
     """One round; returns the policy for the next round (the trained model, or `policy` if count == 0)."""
     from trainers.reference import training_data
 
-    samples = sample_task(recipe, root, run_id, prompts=prompts, policy_path=policy, round_=k, budget=budget)
+    sampled = sample_task(recipe, root, run_id, prompts=prompts, policy_path=policy, round_=k, budget=budget)
+    if "stopped" in sampled:
+        raise BudgetExhausted(sampled["stopped"])
+    samples = sampled["ref"]
     scores, judgments = [], None
     for i, sc in enumerate(recipe.scoring):
         ref = score_task(recipe, root, run_id, samples=samples, prompts=prompts, scorer_index=i, round_=k,
@@ -120,7 +123,6 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
                             budget=budget, result=result)
     except BudgetExhausted as e:
         result.stopped = str(e)
-        get_run_logger().warning(str(e))
     finally:
         close_pool(run_id)
     _finish(recipe, root, result)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.budget import Budget
+from prefect import get_run_logger
+
+from flows.budget import Budget, BudgetExhausted
 from flows.engines import pool_for
 from flows.plan import table_name
 from flows.progress import stage_progress
@@ -68,18 +70,24 @@ def prompts_task(recipe: Recipe, store_root: str, run_id: str, policy_path: str)
 
 @stage_task("sample", retries=2)
 def sample_task(recipe: Recipe, store_root: str, run_id: str, *, prompts: str, policy_path: str, round_: int,
-                budget: Budget) -> str:
+                budget: Budget) -> dict:
+    """Returns {"ref": table@version} or, when the run budget is reached, {"stopped": reason}
+    with every batch committed so far kept (a clean stop, not a task failure)."""
     from pipelines.sampling import sample_stage
 
     store = _store(store_root)
     out = table_name(recipe, "samples", round_)
     budget.tables.append(out)
-    budget.check(store)
-    backend = pool_for(run_id).get(policy_config(recipe, policy_path))
-    with stage_progress(f"round {round_}: sample", extra=lambda d, t: budget.check(store)) as cb:
-        ref = sample_stage(store, backend, recipe.sampling, prompts=prompts, output=out, progress=cb)
+    try:
+        budget.check(store)
+        backend = pool_for(run_id).get(policy_config(recipe, policy_path))
+        with stage_progress(f"round {round_}: sample", extra=lambda d, t: budget.check(store)) as cb:
+            ref = sample_stage(store, backend, recipe.sampling, prompts=prompts, output=out, progress=cb)
+    except BudgetExhausted as e:
+        get_run_logger().warning(str(e))
+        return {"stopped": str(e)}
     publish(store, ref, label=f"r{round_} sample")
-    return str(ref)
+    return {"ref": str(ref)}
 
 
 @stage_task("score", retries=2)

@@ -92,3 +92,24 @@ def test_full_chain_two_rounds_then_rerun_reuses(tmp_path, tiny_model_dir):
     again = _run(["run", str(recipe), "--store", str(store)], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _versions(store) == before, "a rerun of a completed recipe must reuse every stage"
+
+
+@pytest.mark.slow
+def test_budget_stops_cleanly_with_everything_committed(tmp_path, tiny_model_dir):
+    recipe, store = _recipe(tmp_path, tiny_model_dir), tmp_path / "store"
+    out = _run(["run", str(recipe), "--store", str(store), "--set", "budget.max_generations=10",
+                "--set", "rounds.count=1", "--set", "prompts.topics=null"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stopped: budget reached" in out.stdout and "max_generations=10" in out.stdout
+
+    from pipelines.store import Store
+
+    s = Store(store, create=False)
+    samples = s.read("tiny.r1.samples")
+    assert 10 <= samples.height < 3 * 18, "stops after the batch that crossed the budget, before the rest"
+    assert samples.height % 3 == 0, "only whole committed batches (n=3 per prompt)"
+    assert not s.exists("tiny.r1.pairs") and not s.exists("models")
+    rerun = _run(["run", str(recipe), "--store", str(store), "--set", "budget.max_generations=10",
+                  "--set", "rounds.count=1", "--set", "prompts.topics=null"], tmp_path)
+    assert "stopped: budget reached" in rerun.stdout
+    assert s.read("tiny.r1.samples").height == samples.height, "a rerun within the same budget adds nothing"

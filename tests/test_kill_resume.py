@@ -54,14 +54,14 @@ recipe = Recipe.model_validate({
     "sampling": {"n": 3, "temperature": 0.0, "max_tokens": 12, "batch_size": 2, "split": "all"}})
 
 @flow(name="kill-resume-sample")
-def sample_flow(root: str) -> str:
+def sample_flow(root: str) -> dict:
     try:
         return sample_task(recipe, root, "kr-run", prompts="kr_prompts@0", policy_path=sys.argv[3], round_=1,
                            budget=Budget(None, None))
     finally:
         close_pool("kr-run")
 
-print("result", sample_flow(sys.argv[2]), flush=True)
+print("result", sample_flow(sys.argv[2])["ref"], flush=True)
 '''
 
 

@@ -14,21 +14,19 @@ locks that StageRun holds while it checks keys and commits a batch).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 from urllib.parse import unquote
 
 import polars as pl
 
+from pipelines.locks import file_lock
 from pipelines.schemas import SchemaError, get_schema, validate
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
@@ -41,15 +39,6 @@ _FIRST_COMMIT = "00000000000000000000.json"
 log = logging.getLogger("prefmill.store")
 
 
-@dataclass
-class _HeldLock:
-    rlock: threading.RLock = field(default_factory=threading.RLock)
-    depth: int = 0
-    fh: IO[bytes] | None = None
-
-
-_LOCKS: dict[str, _HeldLock] = {}
-_LOCKS_GUARD = threading.Lock()
 
 
 class StoreError(ValueError):
@@ -156,21 +145,8 @@ class Store:
         check_name(name)
         (self.root / "locks").mkdir(exist_ok=True)
         path = str((self.root / "locks" / f"{name}.lock").resolve())
-        with _LOCKS_GUARD:
-            entry = _LOCKS.setdefault(path, _HeldLock())
-        with entry.rlock:
-            if entry.depth == 0:
-                entry.fh = open(path, "a+b")  # noqa: SIM115 - closed when the outermost holder leaves
-                fcntl.flock(entry.fh, fcntl.LOCK_EX)
-            entry.depth += 1
-            try:
-                yield
-            finally:
-                entry.depth -= 1
-                if entry.depth == 0:
-                    fcntl.flock(entry.fh, fcntl.LOCK_UN)
-                    entry.fh.close()
-                    entry.fh = None
+        with file_lock(path):
+            yield
 
     # -- metadata ----------------------------------------------------------------------
     def tables(self, *, include_internal: bool = False) -> list[str]:

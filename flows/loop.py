@@ -22,9 +22,14 @@ from flows.engines import close_pool
 from flows.recipe import Recipe, load_recipe
 from flows.stage_tasks import (check_scorer_task, eval_task, pairs_task, prompts_task, sample_task, score_task,
                                train_task)
+from pipelines.stage import lineage_of
 from pipelines.store import Store, default_root
 
 log = logging.getLogger("prefmill.loop")
+
+
+class NothingToTrain(RuntimeError):
+    """A round's pairs table is empty: the loop stops cleanly (earlier rounds are kept)."""
 
 
 @dataclass
@@ -94,6 +99,11 @@ def _round(recipe: Recipe, root: str, run_id: str, *, k: int, prompts: str, poli
     result.pairs.append(pairs)
     if recipe.rounds.count == 0:
         return policy
+    store = Store(root)
+    if store.count(pairs) == 0:
+        drops = lineage_of(store, store.ref(pairs).name).tail(1)["drops"].to_list()
+        raise NothingToTrain(f"round {k}: no training rows survived scoring and filtering (drops: "
+                             f"{drops[0] if drops else '{}'}); see `prefmill datasets show quarantine`")
     plan = training_data(result.pairs, policy=recipe.rounds.data, round=k - 1)
     reference = _reference(recipe, initial=initial, previous=policy, round_=k, store_root=root, plan=plan)
     model = train_task(recipe, root, run_id, data=[str(d) for d in plan.data], policy_path=policy,
@@ -121,7 +131,7 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
         for k in range(1, max(recipe.rounds.count, 1) + 1):
             policy = _round(recipe, root, run_id, k=k, prompts=result.prompts, policy=policy, initial=initial,
                             budget=budget, result=result)
-    except BudgetExhausted as e:
+    except (BudgetExhausted, NothingToTrain) as e:
         result.stopped = str(e)
     finally:
         close_pool(run_id)
@@ -165,7 +175,8 @@ def preflight(recipe: Recipe, root: str) -> None:
     from generators.backends.factory import make_backend
     from generators.models.registry import resolve_model
 
-    backends = [recipe.policy] + [sc.backend for sc in recipe.scoring if hasattr(sc, "backend")]
+    judges = [] if recipe.rounds.self_rewarding else [sc.backend for sc in recipe.scoring if hasattr(sc, "backend")]
+    backends = [recipe.policy, *judges]   # self-rewarding: the policy is the judge
     for cfg in backends:
         if cfg.kind == "openai":
             probe = make_backend(cfg)     # load() contacts the endpoint: unreachable -> BackendError

@@ -113,3 +113,60 @@ def test_budget_stops_cleanly_with_everything_committed(tmp_path, tiny_model_dir
                   "--set", "rounds.count=1", "--set", "prompts.topics=null"], tmp_path)
     assert "stopped: budget reached" in rerun.stdout
     assert s.read("tiny.r1.samples").height == samples.height, "a rerun within the same budget adds nothing"
+
+
+def _variant(tmp: Path, model: Path, body: str) -> Path:
+    seeds = tmp / "gold.jsonl"
+    lines = (ROOT / "recipes/data/spin_seeds.jsonl").read_text().splitlines()[:16]
+    seeds.write_text("\n".join(lines) + "\n")
+    path = tmp / "variant.yaml"
+    path.write_text(f"name: var\npolicy: {{kind: transformers, model: {model}}}\n"
+                    f"prompts:\n  seeds: {{path: {seeds}, reference_column: reference}}\n  heldout_fraction: 0.25\n"
+                    f"eval: {{max_tokens: 8}}\nreport: {{out: {tmp / 'report'}}}\n" + body)
+    return path
+
+
+@pytest.mark.slow
+def test_spin_rounds_pair_gold_against_own_answers(tmp_path, tiny_model_dir):
+    recipe = _variant(tmp_path, tiny_model_dir, """
+sampling: {mode: spin, n: 1, temperature: 0.7, max_tokens: 8}
+scoring: []
+pairs: {strategy: spin_pairs}
+training: {loss: sigmoid, max_steps: 1, batch_size: 4, max_length: 96}
+rounds: {count: 2, reference: previous}
+""")
+    out = _run(["run", str(recipe), "--store", str(tmp_path / "store")], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    from pipelines.store import Store
+
+    s = Store(tmp_path / "store", create=False)
+    for k in (1, 2):
+        pairs, samples = s.read(f"var.r{k}.pairs"), s.read(f"var.r{k}.samples")
+        gold = set(samples.filter(samples["is_reference"])["sample_id"])
+        assert pairs.height > 0 and set(pairs["chosen_id"]) <= gold and not set(pairs["rejected_id"]) & gold
+    r2 = s.read("var.r2.samples").filter(~s.read("var.r2.samples")["is_reference"])
+    assert set(r2["policy"]) == {str(tmp_path / "store/models/var/r1")}, "round 2 plays against round 1's model"
+
+
+@pytest.mark.slow
+def test_self_rewarding_judges_with_the_policy_and_stops_cleanly_without_pairs(tmp_path, tiny_model_dir):
+    recipe = _variant(tmp_path, tiny_model_dir, """
+sampling: {n: 2, temperature: 1.0, max_tokens: 8}
+scoring: [{kind: judge, k: 1, max_tokens: 8, backend: {kind: transformers, model: unused-the-policy-judges}}]
+pairs: {strategy: best_vs_worst}
+training: {loss: sigmoid, max_steps: 1, batch_size: 4, max_length: 96}
+rounds: {count: 1, self_rewarding: true}
+""")
+    out = _run(["run", str(recipe), "--store", str(tmp_path / "store")], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "no training rows survived" in out.stdout   # a random tiny judge writes no readable score
+    from pipelines.store import Store
+
+    s = Store(tmp_path / "store", create=False)
+    q = s.read("quarantine").filter(s.read("quarantine")["stage"] == "score")
+    reasons = set(q["reason"].to_list())
+    assert q.height > 0 and all(r in ("empty_reply", "no_score_found") or r.startswith("score_out_of_range")
+                                or r.startswith("too_few_parsed") for r in reasons), reasons
+    from pipelines.stage import lineage_of
+    scored = lineage_of(s, [t for t in s.tables() if t.startswith("var.r1.scores")][0])
+    assert str(tiny_model_dir) in scored["models"][0], "the judge is the policy itself"

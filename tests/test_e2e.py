@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +170,25 @@ rounds: {count: 1, self_rewarding: true}
     from pipelines.stage import lineage_of
     scored = lineage_of(s, [t for t in s.tables() if t.startswith("var.r1.scores")][0])
     assert str(tiny_model_dir) in scored["models"][0], "the judge is the policy itself"
+
+
+@pytest.mark.slow
+def test_rft_round_trains_on_top_samples(tmp_path, tiny_model_dir):
+    recipe = _variant(tmp_path, tiny_model_dir, """
+sampling: {n: 2, temperature: 1.0, max_tokens: 8}
+scoring: [{kind: rule_instructions}]
+pairs: {strategy: rft_topk, top_k: 1}
+training: {trainer: rft, max_steps: 1, batch_size: 4, max_length: 96}
+rounds: {count: 1}
+""")
+    out = _run(["run", str(recipe), "--store", str(tmp_path / "store")], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    from pipelines.store import Store
+    from trainers.registry import list_models
+
+    s = Store(tmp_path / "store", create=False)
+    assert s.kind("var.r1.pairs") == "sft"
+    train_prompts = s.read("var.prompts").filter(pl.col("split") == "train").height
+    assert s.read("var.r1.pairs").height == train_prompts, "top-1 of every prompt (no constraints: all score 1)"
+    m = list_models(s).row(0, named=True)
+    assert "rft" in m["trainer"] and Path(m["path"]).is_dir()

@@ -19,8 +19,8 @@ from pydantic import Field, model_validator
 
 from generators.backends.base import BackendError, Conversation
 from generators.scorers.base import ScoreResult, ScorerConfigBase, non_finite
-from generators.scorers.reward_model import model_folder
-from generators.scorers.sequence_classifier import Device, Dtype, SequenceClassifier, resolve_device, resolve_dtype
+from generators.scorers.reward_model import RewardModel
+from generators.scorers.sequence_classifier import Device, Dtype
 
 HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 NEMOTRON_WEIGHTS = {"helpfulness": 0.3, "correctness": 0.74, "coherence": 0.46, "complexity": 0.47,
@@ -58,38 +58,18 @@ class MultiAttributeConfig(ScorerConfigBase):
         return self.name or Path(self.model).name
 
 
-class MultiAttributeRM:
-    """k named heads + a weighted aggregate (see the module docstring)."""
+class MultiAttributeRM(RewardModel):
+    """k named heads + a weighted aggregate (see the module docstring); loading, revision and
+    lineage are the scalar RewardModel's."""
 
     def __init__(self, cfg: MultiAttributeConfig):
-        self.cfg = cfg
-        self.path = model_folder(cfg.model)
-        self._dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-        self._clf = SequenceClassifier(self.path, heads=len(cfg.attributes), max_length=cfg.max_length,
-                                       device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-        self._revision: str | None = None
-
-    @property
-    def revision(self) -> str:
-        if self._revision is None:
-            from generators.models.registry import model_revision
-
-            self._revision = model_revision(self.path)
-        return self._revision
+        self.heads = len(cfg.attributes)
+        super().__init__(cfg)
 
     @property
     def id(self) -> str:
         w = ",".join(f"{a}={self.cfg.weights[a]:g}" for a in self.cfg.attributes)
-        return (f"{self.cfg.kind}:{self.cfg.display_name()}@{self.revision}:{self._dtype}:"
-                f"len{self.cfg.max_length}:[{w}]")
-
-    @property
-    def models(self) -> dict[str, str]:
-        return {"reward_model": str(self.path), "reward_model_revision": self.revision}
-
-    @property
-    def templates(self) -> dict[str, str]:
-        return {}
+        return f"{super().id}:[{w}]"
 
     def load(self) -> None:
         try:
@@ -98,9 +78,6 @@ class MultiAttributeRM:
             if "output head" in str(e):
                 raise BackendError(f"{e} (this multi_rm config lists attributes {list(self.cfg.attributes)})") from e
             raise
-
-    def close(self) -> None:
-        self._clf.close()
 
     def score_attributes(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> list[dict[str, float]]:
         logits, _ = self._clf.logits(prompts, responses, batch_size=self.cfg.batch_size)

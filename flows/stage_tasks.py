@@ -150,7 +150,6 @@ def train_task(recipe: Recipe, store_root: str, run_id: str, *, data: list[str],
         from trainers.reward import train_reward_model
         rec = train_reward_model(store, data=data, policy=policy_path, config=cfg, output_dir=out_dir, name=name,
                                  round=round_)
-    from prefect import get_run_logger
     get_run_logger().info("round %d trained %s -> %s metrics=%s", round_, cfg.trainer, rec.path, rec.metrics)
     return rec.path
 

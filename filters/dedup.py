@@ -63,9 +63,8 @@ def dedup(
     df = frame.with_columns(normalised(as_text(schema, text)).alias("_norm")).collect()
     live = df.select(pl.col(drops.DROP).is_null()).to_series().to_numpy()
     idx = np.flatnonzero(live)
-    sub = df[idx].select([key, *by, "_norm"]).with_row_index("_i")
-    groups = [*by, "_norm"]
-    first_i = sub.select(pl.col("_i").first().over(groups)).to_series().to_numpy().astype(np.int64)
+    sub = df[idx].select([key, *by, "_norm"])
+    first_i = _first_of_equal(sub, [*by, "_norm"], seed=cfg.seed)
     is_dup = first_i != np.arange(sub.height)
     rep = np.full(df.height, -1, dtype=np.int64)  # row index (in df) of the kept copy
     kind = np.zeros(df.height, dtype=np.int8)  # 1 exact, 2 near
@@ -85,3 +84,25 @@ def dedup(
     )
     out = drops.mark(out.lazy(), pl.col("_kind") > 0, reason).drop("_kind", "_rep")
     return out
+
+
+def _first_of_equal(frame: pl.DataFrame, columns: list[str], *, seed: int) -> np.ndarray:
+    """For each row, the index of the first row with equal values in `columns`.
+
+    Groups by a 64-bit hash of the row (np.unique: ~4x faster than a polars window over long
+    strings), then checks that each row equals its group's first row, so a hash collision can
+    only miss a duplicate, never invent one.
+    """
+    if frame.height == 0:
+        return np.zeros(0, dtype=np.int64)
+    h = frame.select(pl.struct(columns).hash(seed=seed)).to_series().to_numpy()
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    first_i = first[inverse].astype(np.int64)
+    dup = np.flatnonzero(first_i != np.arange(frame.height))
+    if dup.size:
+        a, b = frame[columns][dup], frame[columns][first_i[dup]]
+        same = np.ones(dup.size, dtype=bool)
+        for col in columns:
+            same &= a[col].eq_missing(b[col]).to_numpy()
+        first_i[dup[~same]] = dup[~same]
+    return first_i

@@ -6,11 +6,14 @@ import random
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from filters import minhash
 from filters.decontam import decontaminate
 from filters.dedup import dedup
 from filters.ensemble import ensemble, normalise
+from filters.text import normalised
 
 NAN = float("nan")
 _VOCAB = [f"w{i}" for i in range(3000)]
@@ -77,6 +80,32 @@ def test_shingle_counts_match_rows():
     assert same[0] == sh[0]  # "a b c" is the first shingle of "a b c d"
 
 
+_TEXT = st.text(st.sampled_from(list("ab Z9_-.\t\n\u00a0\u00e9\u0301!")), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT, min_size=1, max_size=6))
+def test_normalised_matches_two_step_reference(texts):
+    s = pl.Series(texts, dtype=pl.String)
+    got = pl.select(normalised(pl.lit(s))).to_series().to_list()
+    ref = (s.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}\s]+", " ").str.replace_all(r"\s+", " ")
+           .str.strip_chars().to_list())
+    assert got == ref
+    plain = pl.select(normalised(pl.lit(s), punctuation=False)).to_series().to_list()
+    assert plain == s.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars().to_list()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(st.sampled_from(list("ab ")), max_size=12)), min_size=1, max_size=6))
+def test_word_hashes_skip_empty_tokens(texts):
+    s = pl.Series(texts, dtype=pl.String)
+    flat, lens = minhash._word_hashes(s, seed=3)
+    words = [[w for w in (t or "").split(" ") if w] for t in texts]
+    assert lens.tolist() == [len(w) for w in words]
+    ref = pl.Series([w for ws in words for w in ws], dtype=pl.String).hash(seed=3).to_numpy()
+    assert flat.tolist() == (ref >> np.uint64(32)).astype(np.uint32).tolist()
+
+
 def test_decontamination():
     evals = pl.LazyFrame({"eval_id": ["gsm8k/1", "short/2"], "text": [
         "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
@@ -129,3 +158,7 @@ def test_signature_rows_are_independent_of_batch():
     whole = minhash.signatures(pl.Series(docs))
     parts = np.vstack([minhash.signatures(pl.Series(docs[:7])), minhash.signatures(pl.Series(docs[7:]))])
     assert (whole == parts).all()
+    chunked = minhash.signatures(pl.Series(docs), chunk_rows=3, threads=2)
+    assert (whole == chunked).all()
+    with pytest.raises(ValueError, match="chunk_rows=0"):
+        minhash.signatures(pl.Series(docs), chunk_rows=0)

@@ -57,6 +57,14 @@ def test_two_steps_update_every_parameter(loss, tiny_model_dir, tmp_path):
     _train_and_check(_build(loss, tiny_model_dir, tmp_path))
 
 
+@pytest.mark.parametrize("loss", ["sigmoid", "orpo", "kto"])
+def test_bfloat16_mixed_precision_trains_on_cpu(loss, tiny_model_dir, tmp_path):
+    # On a machine without a GPU, bf16 must reach TrainingArguments as CPU autocast (use_cpu).
+    trainer = _build(loss, tiny_model_dir, tmp_path, dtype="bfloat16")
+    assert trainer.args.bf16 and trainer.args.use_cpu == (not torch.cuda.is_available())
+    _train_and_check(trainer)
+
+
 @pytest.mark.parametrize("loss", ["sigmoid", "simpo", "kto"])
 def test_lora_two_steps_update_every_lora_parameter(loss, tiny_model_dir, tmp_path):
     trainer = _build(loss, tiny_model_dir, tmp_path, lora=LoraOptions(r=4, alpha=8))

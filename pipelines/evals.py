@@ -140,7 +140,8 @@ def run_eval(store: Store, *, prompts: TableRef | str, policy: Backend, model: s
         if w is not None:
             metrics.append(("win_rate_vs_previous", w[0], w[1], {"previous": previous_model, **w[2]}))
         else:
-            log.warning("eval: no readable judgments vs %s; win_rate_vs_previous left out", previous_model)
+            log.warning("eval: no readable judgments vs %s that agree in both orders (%d pairs asked); "
+                        "win_rate_vs_previous left out", previous_model, len(idx))
     if kl is not None:
         kl_texts = texts
         if config.kl_temperature is not None:

@@ -61,3 +61,96 @@ def test_eval_without_heldout_prompts_fails(store, tiny_model_dir):
         run_eval(store, prompts=prompts, policy=TransformersBackend(tiny_model_dir), model="m", round=0,
                  config=EvalConfig(split="test"))
 
+
+
+class LengthJudgeServer:
+    """An OpenAI-compatible endpoint on 127.0.0.1 whose "model" judges pairs by a fixed rule and
+    answers in the MT-Bench verdict format ("[[A]]"): `longer` (the longer answer wins, equal
+    lengths tie) or `first` (always the answer shown first: pure position bias)."""
+
+    def __init__(self, rule: str = "longer"):
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        answer = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant", re.S)
+        self.prompts: list[str] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                return None
+
+            def _send(self, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send({"data": [{"id": "length-judge", "root": "length-judge", "max_model_len": 4096}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                outer.prompts.append(prompt)
+                a, b = (dict(answer.findall(prompt))[k] for k in "AB")
+                v = "A" if rule == "first" or len(a) > len(b) else "B" if len(b) > len(a) else "C"
+                text = f"Answer {v if v != 'C' else 'A and B'} is longer. [[{v}]]"
+                self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                         "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 100, "completion_tokens": 8}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _eval_two_rounds_with_judge(store, srv, models) -> None:
+    from generators.backends.factory import BackendConfig
+    from generators.backends.hf import TransformersBackend
+    from generators.scorers.judge_pairwise import PairwiseJudge, PairwiseJudgeConfig
+
+    try:
+        judge = PairwiseJudge(PairwiseJudgeConfig(backend=BackendConfig(kind="openai", model="length-judge",
+                                                                        base_url=srv.url)))
+        judge.load()
+        prompts = _prompts(store)
+        for rnd, path in enumerate(models):
+            be = TransformersBackend(path)
+            be.load()
+            run_eval(store, prompts=prompts, policy=be, model=f"m{rnd}", round=rnd,
+                     config=EvalConfig(max_tokens=16, temperature=1.0, seed=rnd),
+                     judge=judge, previous_model="m0" if rnd else None)
+            be.close()
+    finally:
+        srv.close()
+
+
+def test_win_rate_vs_previous_with_a_readable_judge(store, tiny_model_dir, tiny_model_dir_b):
+    srv = LengthJudgeServer("longer")
+    _eval_two_rounds_with_judge(store, srv, [tiny_model_dir, tiny_model_dir_b])
+    mine, prev = load_responses(store, "eval_responses", "m1"), load_responses(store, "eval_responses", "m0")
+    wins = sum(len(mine[p]) > len(prev[p]) for p in mine)
+    ties = sum(len(mine[p]) == len(prev[p]) for p in mine)
+    row = store.read("evals").filter(pl.col("metric") == "win_rate_vs_previous")
+    assert row.height == 1 and row.get_column("round")[0] == 1 and row.get_column("n")[0] == 4
+    assert row.get_column("value")[0] == pytest.approx((wins + 0.5 * ties) / 4)
+    details = json.loads(row.get_column("details")[0])
+    assert (details["wins"], details["ties"], details["losses"], details["left_out"]) == (wins, ties, 4 - wins - ties, 0)
+    assert details["previous"] == "m0"
+    assert len(srv.prompts) == 8  # 4 held-out pairs, each asked in both orders
+
+
+def test_position_biased_judge_gives_no_win_rate(store, tiny_model_dir, tiny_model_dir_b, caplog):
+    srv = LengthJudgeServer("first")  # "[[A]]" in both orders: every verdict flips with the order
+    with caplog.at_level("WARNING"):
+        _eval_two_rounds_with_judge(store, srv, [tiny_model_dir, tiny_model_dir_b])
+    assert store.read("evals").filter(pl.col("metric") == "win_rate_vs_previous").is_empty()
+    assert "no readable judgments vs m0 that agree in both orders (4 pairs asked)" in caplog.text and len(srv.prompts) == 8

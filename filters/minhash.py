@@ -1,7 +1,7 @@
 """Vectorised MinHash signatures over word n-gram shingles, and LSH banding (numpy + polars).
 
 Why not datasketch: its per-row Python loop runs ~10k docs/s; this runs the whole column at
-once. Words are hashed by polars (64-bit, seeded, one parallel lazy query), shingles combine n consecutive word hashes
+once. Words are hashed by polars (64-bit, seeded), shingles combine n consecutive word hashes
 into 32 bits, and each of `num_perm` permutations is a multiply-add on uint32 (a bijection of the
 32-bit space) followed by a per-row `np.minimum.reduceat`. Rows run in cache-sized chunks on a
 thread pool (polars and numpy release the GIL); fresh large numpy arrays are avoided because
@@ -26,8 +26,9 @@ _MIX = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD
 def _word_hashes(texts: pl.Series, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat uint32 word hashes and per-row word counts (words: the non-empty space-separated tokens).
 
-    One split per row, its list lengths and the hashes of its flattened values. A token that hashes like "" (empty rows, or doubled / leading /
-    trailing spaces) is removed afterwards and its row's count lowered.
+    One split per row gives both the counts (list lengths) and the hashes (of the flattened
+    values). A token that hashes like "" (empty rows, doubled / leading / trailing spaces) is
+    removed afterwards and its row's count lowered.
     """
     t = texts.fill_null("").rename("t")
     words = pl.LazyFrame({"t": t}).select(pl.col("t").str.split(" ")).collect().to_series()

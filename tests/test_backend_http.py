@@ -3,21 +3,19 @@ answers 429/503 before 200 (retries, auth header, error messages), and a real vL
 on the tiny model (slow: the server takes about a minute to start on CPU)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from generators.backends.base import BackendError, Sampling
 from generators.backends.factory import BackendConfig, make_backend
 from generators.backends.openai_http import OpenAIBackend
+from local_http import JSONHandler, LocalServer
 
 CONV = [{"role": "user", "content": "Say hello."}]
 
@@ -35,24 +33,12 @@ class FlakyServer:
         self.fail, self.status, self.requests, self.auth = fail, status, [], []
         outer = self
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                return None
-
-            def _send(self, code: int, body: dict, headers: dict | None = None):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class H(JSONHandler):
             def do_GET(self):
                 self._send(200, {"data": [{"id": "m", "root": "/models/m", "max_model_len": 512}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self._body()
                 outer.requests.append(body)
                 outer.auth.append(self.headers.get("Authorization"))
                 if len(outer.requests) <= outer.fail:
@@ -62,13 +48,8 @@ class FlakyServer:
                                               "finish_reason": "stop"} for i in range(n)],
                                  "usage": {"prompt_tokens": 7, "completion_tokens": 3 * n}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._srv = LocalServer(H)
+        self.url, self.close = self._srv.url, self._srv.close
 
 
 @pytest.fixture

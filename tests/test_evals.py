@@ -7,6 +7,7 @@ import json
 import polars as pl
 import pytest
 
+from local_http import JSONHandler, LocalServer
 from pipelines.evals import EvalConfig, format_eval_table, load_responses, run_eval
 from pipelines.keys import prompt_id
 from pipelines.schemas import empty
@@ -70,46 +71,27 @@ class LengthJudgeServer:
 
     def __init__(self, rule: str = "longer"):
         import re
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         answer = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant", re.S)
         self.prompts: list[str] = []
         outer = self
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                return None
-
-            def _send(self, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class H(JSONHandler):
             def do_GET(self):
-                self._send({"data": [{"id": "length-judge", "root": "length-judge", "max_model_len": 4096}]})
+                self._send(200, {"data": [{"id": "length-judge", "root": "length-judge", "max_model_len": 4096}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
+                prompt = self._body()["messages"][-1]["content"]
                 outer.prompts.append(prompt)
                 a, b = (dict(answer.findall(prompt))[k] for k in "AB")
                 v = "A" if rule == "first" or len(a) > len(b) else "B" if len(b) > len(a) else "C"
                 text = f"Answer {v if v != 'C' else 'A and B'} is longer. [[{v}]]"
-                self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": "stop"}],
-                            "usage": {"prompt_tokens": 100, "completion_tokens": 8}})
+                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 100, "completion_tokens": 8}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._srv = LocalServer(H)
+        self.url, self.close = self._srv.url, self._srv.close
 
 
 def _eval_two_rounds_with_judge(store, srv, models) -> None:

@@ -14,14 +14,13 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from local_http import JSONHandler, LocalServer
 from pipelines import keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,18 +128,7 @@ class KeyedJudgeServer:
         outer = self
         self.authorized = 0
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class H(JSONHandler):
             def _authorized(self) -> bool:
                 if self.headers.get("Authorization") != f"Bearer {key}":
                     self._send(401, {"error": "bad key"})
@@ -153,7 +141,7 @@ class KeyedJudgeServer:
                     self._send(200, {"data": [{"id": "judge", "root": "judge", "max_model_len": 2048}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self._body()
                 if not self._authorized():
                     return
                 text = body["messages"][-1]["content"]
@@ -162,14 +150,11 @@ class KeyedJudgeServer:
                             "finish_reason": "stop"} for i in range(body.get("n", 1))]
                 self._send(200, {"choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 3}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._srv = LocalServer(H)
+        self.url = self._srv.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._srv.close()
 
 
 def _seed(store, *, prompts: int = 4, n: int = 4) -> None:

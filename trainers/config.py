@@ -87,8 +87,9 @@ class TrainArgs(_Frozen):
         import torch
 
         # Without a GPU, bf16 must be asked for as CPU autocast (use_cpu) or TrainingArguments refuses it.
-        return dict(use_cpu=not torch.cuda.is_available(), output_dir=output_dir, learning_rate=self.learning_rate, num_train_epochs=self.epochs,
-                    max_steps=self.max_steps, per_device_train_batch_size=self.batch_size,
+        return dict(use_cpu=not torch.cuda.is_available(), output_dir=output_dir,
+                    learning_rate=self.learning_rate, num_train_epochs=self.epochs, max_steps=self.max_steps,
+                    per_device_train_batch_size=self.batch_size,
                     gradient_accumulation_steps=self.grad_accum, seed=self.seed, data_seed=self.seed,
                     lr_scheduler_type=self.lr_scheduler, warmup_steps=self.warmup_steps,
                     weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,

@@ -25,11 +25,18 @@ class JSONHandler(BaseHTTPRequestHandler):
         return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
 
 
+class _Server(ThreadingHTTPServer):
+    # The backends open up to `concurrency` connections at once; socketserver's default listen
+    # backlog of 5 overflowed under load and the kernel reset connections (a flaky ReadError in
+    # a test that allows no retries).
+    request_queue_size = 128
+
+
 class LocalServer:
     """Serves `handler` on a free port in a daemon thread; `url` is the OpenAI-style base URL."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

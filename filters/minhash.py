@@ -30,7 +30,8 @@ def _word_hashes(texts: pl.Series, seed: int) -> tuple[np.ndarray, np.ndarray]:
     values). A token that hashes like "" (empty rows, doubled / leading / trailing spaces) is
     removed afterwards and its row's count lowered.
     """
-    t = texts.fill_null("").rename("t")
+    t = texts.fill_null("")
+    # Through a LazyFrame: the split runs on polars' thread pool (~25% faster than eager here).
     words = pl.LazyFrame({"t": t}).select(pl.col("t").str.split(" ")).collect().to_series()
     lens = words.list.len().to_numpy().astype(np.int64)
     flat = words.list.explode().hash(seed=seed).to_numpy()

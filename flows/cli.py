@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "flows.cmd_export",
     "flows.cmd_report",
     "flows.cmd_serve",
+    "flows.cmd_train",
+    "flows.cmd_review",
 )
 
 

@@ -154,7 +154,7 @@ SUBSTANCE: dict[str, Callable[[Constraint, str], str | None]] = {
         T.content_words(r)) else None,
     "letter_frequency": lambda c, r: "letter_stuffing" if _letters_outside_runs(c, r) < c["n"] else None,
     "capital_word_frequency": lambda c, r: "repeated_capital_words" if len(
-        {w for w in T.capital_words(r)}) * 2 < c["n"] else None,
+        set(T.capital_words(r))) < min(c["n"], max(2, (c["n"] + 1) // 2)) else None,
     "start_with": lambda c, r: "bare_phrase" if _body_words(_after(r, c["phrase"])) < MIN_ITEM_WORDS else None,
     "end_with": lambda c, r: "bare_phrase" if _body_words(_before_end(c, r)) < MIN_ITEM_WORDS else None,
     "wrap_in_quotes": lambda c, r: "empty_quotes" if _body_words(r.strip()[1:-1]) < MIN_ITEM_WORDS else None,

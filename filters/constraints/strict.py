@@ -5,7 +5,7 @@
 
 Gates that fail every constraint at once: `empty` (no letters or digits), `truncated`
 (finish_reason == "length"; None = unknown = not truncated), `echo` (the answer mostly repeats the
-prompt: fewer than 2 words that are not in the prompt, or >= 60% of its word 3-grams copied from
+prompt: fewer than 2 distinct words that are not in the prompt, or >= 60% of its word 3-grams copied from
 it), `off_topic` (relevance below `off_topic_below`, when a relevance score is given). Then per
 kind: the format check (reason = the kind name) and the substance check (reason = "kind:why",
 e.g. "json_format:json_not_object", "bullet_points:near_empty_item", "start_with:bare_phrase").
@@ -53,7 +53,7 @@ def is_echo(response: str, prompt: str) -> bool:
     words = content_words(response)
     p_words = content_words(prompt)
     vocab = set(p_words)
-    if sum(w not in vocab for w in words) < ECHO_MIN_NEW_WORDS:
+    if len(set(words) - vocab) < ECHO_MIN_NEW_WORDS:
         return True
     grams = _trigrams(words)
     if len(grams) < 4:

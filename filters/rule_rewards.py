@@ -4,14 +4,18 @@ Each adds `score` (Float64) and `failed` (List[String], the checks that failed) 
 A row that cannot be scored (unparseable constraints, missing reference) gets a null score and
 says why in `failed`; it is never scored 0 silently.
 
-instruction_reward runs the Python checks of filters/instructions.py once per distinct
-(response, constraints) pair via map_elements (the checks differ per row and include JSON
-parsing); math_reward and format_reward are pure polars expressions.
+instruction_reward runs the Python checks of filters/instructions.py per row via map_elements
+(the checks differ per row and include JSON parsing); with strict=True it runs check_strict
+(empty / truncated / echo / off_topic gates + per-kind degenerate-answer rules). math_reward and
+format_reward are pure polars expressions.
+
+    instruction_reward(lf, mode="all", strict=True, prompt="messages", finish_reason="finish_reason",
+                       relevance="relevance")
 """
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -21,11 +25,32 @@ from filters.math_answer import answers_match, extract_answer, extract_reference
 _RESULT = pl.Struct({"score": pl.Float64, "failed": pl.List(pl.String)})
 
 
-def _instruction_row(row: dict, mode: str) -> dict:
+def _prompt_text(value: Any) -> str:
+    """A prompt cell as text: a string as is, chat messages -> the last user message's content."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    users = [m.get("content") or "" for m in value if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def _instruction_row(row: dict, mode: str, strict: bool, off_topic_below: float) -> dict:
     try:
         constraints = instructions.loads(row["c"])
     except (ValueError, json.JSONDecodeError) as exc:  # reported in `failed`, score null
         return {"score": None, "failed": [f"invalid_constraints:{type(exc).__name__}"]}
+    if strict:
+        rel = row.get("v")
+        res = instructions.check_strict(constraints, row["r"] or "", prompt=_prompt_text(row.get("p")),
+                                        finish_reason=row.get("f"), relevance=None if rel is None else float(rel),
+                                        off_topic_below=off_topic_below)
+        gated = any(r in instructions.GATES for r in res.reasons)
+        if gated or not constraints:
+            return {"score": 0.0 if gated else 1.0, "failed": list(res.reasons)}
+        failed_kinds = list(res.failed_kinds)
+        score = (0.0 if failed_kinds else 1.0) if mode == "all" else 1.0 - len(failed_kinds) / len(constraints)
+        return {"score": score, "failed": list(res.reasons)}
     if not constraints:
         return {"score": 1.0, "failed": []}
     failed = instructions.check_all(constraints, row["r"] or "")
@@ -40,15 +65,40 @@ def instruction_reward(
     response: str = "completion",
     constraints: str = "constraints",
     mode: Literal["all", "fraction"] = "fraction",
+    strict: bool = False,
+    prompt: str | None = None,
+    finish_reason: str | None = None,
+    relevance: str | None = None,
+    off_topic_below: float = instructions.OFF_TOPIC_BELOW,
 ) -> pl.LazyFrame:
     """Score each response against its prompt's constraints (a JSON list; null/[] -> score 1.0).
 
     mode="all": 1.0 iff every constraint holds; "fraction": share of constraints that hold.
+    strict=True (needs `prompt`: a column of prompt text or chat messages): check_strict per row;
+    a failed gate (empty, truncated, echo, off_topic) scores 0.0 in either mode, even without
+    constraints; `failed` lists the reasons ("echo", "json_format:json_not_object", "no_commas").
+    finish_reason: column of finish reasons ("length" = truncated; null or no column = unknown =
+    not truncated); relevance: column of prompt-answer relevance (generators/relevance.py), below
+    `off_topic_below` = off_topic. Both are strict-only options.
     """
     if mode not in ("all", "fraction"):
         raise ValueError(f"unknown instruction reward mode {mode!r}; expected one of all, fraction")
-    pair = pl.struct(pl.col(response).alias("r"), pl.col(constraints).alias("c"))
-    result = pair.map_elements(lambda row: _instruction_row(row, mode), return_dtype=_RESULT)
+    if not strict and (prompt or finish_reason or relevance):
+        raise ValueError("prompt / finish_reason / relevance are strict-check options; pass strict=True with them")
+    if strict and not prompt:
+        raise ValueError("strict=True needs prompt=<column of prompt text or chat messages> for the echo check")
+    names = frame.collect_schema().names()
+    for col in (response, constraints, prompt, finish_reason, relevance):
+        if col is not None and col not in names:
+            raise ValueError(f"instruction_reward: no column {col!r} in the frame (columns: {', '.join(names)}); "
+                             "pass the right column name")
+    fields = [pl.col(response).alias("r"), pl.col(constraints).alias("c")]
+    if strict:
+        fields.append(pl.col(prompt).alias("p"))
+        fields += [pl.col(finish_reason).cast(pl.String).alias("f")] if finish_reason else []
+        fields += [pl.col(relevance).cast(pl.Float64).alias("v")] if relevance else []
+    result = pl.struct(*fields).map_elements(lambda row: _instruction_row(row, mode, strict, off_topic_below),
+                                             return_dtype=_RESULT)
     return frame.with_columns(result.alias("_res")).with_columns(
         pl.col("_res").struct.field("score").alias("score"), pl.col("_res").struct.field("failed").alias("failed")
     ).drop("_res")

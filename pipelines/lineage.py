@@ -98,21 +98,21 @@ def fingerprint(*, stage: str, output: str, parents: list[str], config: Any, mod
 
 def make_record(*, table: str, version: int, stage: str, fp: str, parents: list[str], config: Any,
                 models: Any, templates: Any, rows_in: int, rows_out: int, drops: dict[str, int],
-                wall_s: float) -> dict:
+                wall_s: float, stats: dict[str, Any] | None = None) -> dict:
     dump = lambda o: json.dumps(redact(o), sort_keys=True, default=str)  # noqa: E731
     return {
         "record_id": f"{table}@{version}:{fp[:12]}", "table": table, "version": version, "stage": stage, "fingerprint": fp, "parents": list(parents),
         "config": dump(config), "models": dump(models), "templates": dump(templates),
         "packages": dump(package_versions()), "git_sha": git_sha(), "rows_in": int(rows_in),
         "rows_out": int(rows_out), "drops": dump({k: int(v) for k, v in drops.items()}),
-        "wall_s": float(wall_s), "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "wall_s": float(wall_s), "stats": dump(stats or {}), "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
 def decode(record: dict) -> dict:
     """A lineage row with its JSON fields parsed, for printing."""
     out = dict(record)
-    for k in ("config", "models", "templates", "packages", "drops"):
+    for k in ("config", "models", "templates", "packages", "drops", "stats"):
         if isinstance(out.get(k), str):
             out[k] = json.loads(out[k])
     return out

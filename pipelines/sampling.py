@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from generators.backends.base import Backend, Sampling
+from generators.backends.base import Backend, Completion, Sampling
 from pipelines import keys
+from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
 from pipelines.schemas import get_schema
-from pipelines.stage import StageRun
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.sampling")
@@ -77,75 +77,115 @@ def _reference_row(pid: str, reference: str) -> dict:
             "prompt_tokens": None, "completion_tokens": None, "is_reference": True}
 
 
-def sample_stage(store: Store, backend: Backend, cfg: SamplingStageConfig, *, prompts: str | TableRef = "prompts",
-                 output: str = "samples", progress: Progress | None = None) -> TableRef:
-    """Sample every selected prompt (see module docstring); returns the completed output version.
-    The backend must be loaded (its revision enters the keys)."""
-    pref = store.ref(prompts)
-    if not backend.revision:
-        raise ValueError(f"backend {backend.model_id!r} has no revision; call backend.load() before sampling")
-    sampling = cfg.sampling()
-    key_params = sampling.key_params()
-    run = StageRun(store, stage="sample", output=output, kind="samples", parents=[pref],
-                   config=cfg.model_dump(mode="json", exclude={"batch_size"}),
-                   models={"policy": {"id": backend.model_id, "revision": backend.revision}})
-    if run.reused:
-        log.info("sample: %s already complete for this config", run.reused)
-        return run.reused
-    frame = store.read(pref, columns=["prompt_id", "messages", "reference", "split"])
-    if cfg.split != "all":
-        frame = frame.filter(pl.col("split") == cfg.split)
-    skipped: list[tuple[str, str, object]] = []
-    if cfg.mode == "spin":
-        no_ref = frame.filter(pl.col("reference").is_null() | (pl.col("reference").str.strip_chars() == ""))
-        skipped = [(r["prompt_id"], "spin_needs_reference", {"prompt_id": r["prompt_id"]}) for r in no_ref.to_dicts()]
-        frame = frame.filter(~pl.col("prompt_id").is_in(no_ref["prompt_id"].implode()))
+class SampleWork(WorkBase):
+    """The sampling stage on the stage driver: one item per prompt (its missing sample indices),
+    plus one item per SPIN gold answer."""
 
-    policy, rev = backend.model_id, backend.revision
-    wanted: dict[str, list[str]] = {}
-    refs: list[dict] = []
-    convs: dict[str, list[dict]] = {}
-    for row in frame.iter_rows(named=True):
-        pid = row["prompt_id"]
-        wanted[pid] = [keys.sample_id(pid, policy=policy, revision=rev, sampling=key_params, seed=cfg.seed, index=i)
-                       for i in range(cfg.n)]
-        convs[pid] = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    def __init__(self, store: Store, backend: Backend, cfg: SamplingStageConfig, *, prompts: TableRef,
+                 output: str):
+        if not backend.revision:
+            raise ValueError(f"backend {backend.model_id!r} has no revision; call backend.load() before sampling")
+        self.store, self.backend, self.cfg, self.prompts = store, backend, cfg, prompts
+        self.sampling = cfg.sampling()
+        self.identity = Identity(stage="sample", output=output, kind="samples", parents=(prompts,),
+                                 config=cfg.model_dump(mode="json", exclude={"batch_size"}),
+                                 models={"policy": {"id": backend.model_id, "revision": backend.revision}})
+        self.wanted: dict[str, list[str]] = {}
+        self.convs: dict[str, list[dict]] = {}
+        self.refs: list[dict] = []
+        self.skipped: list[tuple[str, str, object]] = []
+
+    def prepare(self, run) -> None:
+        cfg, key_params = self.cfg, self.sampling.key_params()
+        frame = self.store.read(self.prompts, columns=["prompt_id", "messages", "reference", "split"])
+        if cfg.split != "all":
+            frame = frame.filter(pl.col("split") == cfg.split)
         if cfg.mode == "spin":
-            refs.append(_reference_row(pid, row["reference"]))
-    target = [k for ks in wanted.values() for k in ks] + [r["sample_id"] for r in refs]
-    done = run.done_keys()
-    if skipped:
-        run.quarantine(skipped)
-    todo_refs = [r for r in refs if r["sample_id"] not in done]
-    if todo_refs:
-        run.write(pl.DataFrame(todo_refs, schema=get_schema("samples").schema))
-    # Prompts grouped by how many samples they miss (one Sampling(n=m) per group).
-    missing: dict[int, list[tuple[str, list[int]]]] = {}
-    for pid, ks in wanted.items():
-        idx = [i for i, k in enumerate(ks) if k not in done]
-        if idx:
-            missing.setdefault(len(idx), []).append((pid, idx))
-    total = len(target)
-    finished = total - sum(len(idx) for group in missing.values() for _, idx in group)
-    if progress:
-        progress(finished, total)
-    sjson = json.dumps(key_params, sort_keys=True)
-    for m, group in sorted(missing.items(), reverse=True):
-        for start in range(0, len(group), cfg.batch_size):
-            batch = group[start:start + cfg.batch_size]
-            first_key = wanted[batch[0][0]][batch[0][1][0]]
-            call = replace(sampling, n=m, seed=_batch_seed(cfg.seed, first_key))
-            outs = backend.generate([convs[pid] for pid, _ in batch], call)
-            rows = []
-            for (pid, idx), comps in zip(batch, outs):
-                for i, c in zip(idx, comps):
-                    rows.append({"sample_id": wanted[pid][i], "prompt_id": pid, "policy": policy,
-                                 "policy_revision": rev, "sample_index": i, "seed": cfg.seed, "sampling": sjson,
-                                 "completion": c.text, "finish_reason": c.finish_reason,
-                                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                                 "is_reference": False})
-            run.write(pl.DataFrame(rows, schema=get_schema("samples").schema))
-            finished += len(rows)
-            if progress:
-                progress(finished, total)
-    return run.finish(rows_in=len(wanted) + len(skipped), target_keys=target)
+            no_ref = frame.filter(pl.col("reference").is_null() | (pl.col("reference").str.strip_chars() == ""))
+            self.skipped = [(r["prompt_id"], "spin_needs_reference", {"prompt_id": r["prompt_id"]})
+                            for r in no_ref.to_dicts()]
+            frame = frame.filter(~pl.col("prompt_id").is_in(no_ref["prompt_id"].implode()))
+        policy, rev = self.backend.model_id, self.backend.revision
+        for row in frame.iter_rows(named=True):
+            pid = row["prompt_id"]
+            self.wanted[pid] = [keys.sample_id(pid, policy=policy, revision=rev, sampling=key_params, seed=cfg.seed,
+                                               index=i) for i in range(cfg.n)]
+            self.convs[pid] = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+            if cfg.mode == "spin":
+                self.refs.append(_reference_row(pid, row["reference"]))
+        if self.skipped:
+            run.quarantine(self.skipped)
+
+    def total_units(self) -> int:
+        return sum(len(k) for k in self.wanted.values()) + len(self.refs)
+
+    def rows_in(self) -> int:
+        return len(self.wanted) + len(self.skipped)
+
+    def target_keys(self) -> list[str]:
+        return [k for ks in self.wanted.values() for k in ks] + [r["sample_id"] for r in self.refs]
+
+    def todo(self, done: set[str]) -> list[Item]:
+        items = [Item(r["sample_id"], ("gold", r)) for r in self.refs if r["sample_id"] not in done]
+        for pid, ks in self.wanted.items():
+            idx = [i for i, k in enumerate(ks) if k not in done]
+            if idx:
+                items.append(Item(ks[idx[0]], ("sample", pid, tuple(idx)), units=len(idx)))
+        return items
+
+    def _rows(self, pid: str, idx: tuple[int, ...], comps: list[Completion]) -> list[dict]:
+        sjson = json.dumps(self.sampling.key_params(), sort_keys=True)
+        return [{"sample_id": self.wanted[pid][i], "prompt_id": pid, "policy": self.backend.model_id,
+                 "policy_revision": self.backend.revision, "sample_index": i, "seed": self.cfg.seed,
+                 "sampling": sjson, "completion": c.text, "finish_reason": c.finish_reason,
+                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "is_reference": False}
+                for i, c in zip(idx, comps)]
+
+    def process(self, items: list[Item]) -> Batch:
+        rows = [it.payload[1] for it in items if it.payload[0] == "gold"]
+        usage = Usage()
+        groups: dict[int, list[Item]] = {}
+        for it in items:
+            if it.payload[0] == "sample":
+                groups.setdefault(len(it.payload[2]), []).append(it)
+        for m, group in sorted(groups.items(), reverse=True):
+            call = replace(self.sampling, n=m, seed=_batch_seed(self.cfg.seed, group[0].key))
+            outs = self.backend.generate([self.convs[it.payload[1]] for it in group], call)
+            for it, comps in zip(group, outs):
+                rows.extend(self._rows(it.payload[1], it.payload[2], comps))
+                usage.add(completion_usage(comps))
+        return Batch(rows=pl.DataFrame(rows, schema=get_schema("samples").schema) if rows else None, usage=usage)
+
+    def stream(self, items: Iterator[Item]) -> Iterator[Batch]:
+        """Items needing all n samples stream through `backend.stream` (the engine stays full);
+        gold rows and partly sampled prompts go through `process`."""
+        full, rest = [], []
+        for it in items:
+            (full if it.payload[0] == "sample" and len(it.payload[2]) == self.cfg.n else rest).append(it)
+        if rest:
+            yield self.process(rest)
+        requests = ((it, self.convs[it.payload[1]]) for it in full)
+        for it, comps in self.backend.stream(requests, self.sampling):
+            yield Batch(rows=pl.DataFrame(self._rows(it.payload[1], it.payload[2], comps),
+                                          schema=get_schema("samples").schema),
+                        usage=completion_usage(comps), units=len(comps))
+
+
+def completion_usage(comps: list[Completion]) -> Usage:
+    """One model call's usage: the prompt counted once, every completion's tokens."""
+    return Usage(calls=1, prompt_tokens=comps[0].prompt_tokens if comps else 0,
+                 completion_tokens=sum(c.completion_tokens for c in comps))
+
+
+def sample_stage(store: Store, backend: Backend, cfg: SamplingStageConfig, *, prompts: str | TableRef = "prompts",
+                 output: str = "samples", progress: Progress | None = None, stream: bool | None = None,
+                 commit_every_s: float = 30.0) -> TableRef:
+    """Sample every selected prompt (see module docstring); returns the completed output version.
+    The backend must be loaded (its revision enters the keys). `stream` (default: when the
+    backend can) keeps the engine full and commits every cfg.batch_size prompts' samples or
+    `commit_every_s` seconds."""
+    work = SampleWork(store, backend, cfg, prompts=store.ref(prompts), output=output)
+    if stream is None:
+        stream = callable(getattr(backend, "stream", None))
+    return drive(store, work, batch_size=cfg.batch_size, progress=progress, stream=stream,
+                 commit_every_s=commit_every_s)

@@ -68,6 +68,11 @@ SCHEMAS: dict[str, TableSchema] = {
         _s("sft", "row_id", "SFT rows (rejection-sampling fine-tuning): prompt + completion messages.",
            row_id=pl.String, prompt_id=pl.String, sample_id=pl.String, prompt=MESSAGES,
            completion=MESSAGES, score=pl.Float64),
+        _s("reviews", "review_id", "Human decisions on pairs (prefmill review): one row per (compared samples, reviewer).",
+           review_id=pl.String, pair_id=pl.String, pairs_table=pl.String, prompt_id=pl.String,
+           chosen_id=pl.String, rejected_id=pl.String, decision=pl.String, choice=pl.String,
+           shown_first=pl.String, status=pl.String, drop_reason=pl.String, canary=pl.Boolean,
+           reviewer=pl.String, note=pl.String, seconds=pl.Float64, created_at=pl.String),
         _s("models", "model_id", "Trained model versions with lineage.",
            model_id=pl.String, name=pl.String, path=pl.String, base_model=pl.String,
            reference_model=pl.String, dataset=pl.String, trainer=pl.String, config=pl.String,
@@ -87,7 +92,7 @@ SCHEMAS: dict[str, TableSchema] = {
            record_id=pl.String, table=pl.String, version=pl.Int64, stage=pl.String, fingerprint=pl.String,
            parents=pl.List(pl.String), config=pl.String, models=pl.String, templates=pl.String,
            packages=pl.String, git_sha=pl.String, rows_in=pl.Int64, rows_out=pl.Int64, drops=pl.String,
-           wall_s=pl.Float64, created_at=pl.String),
+           wall_s=pl.Float64, stats=pl.String, created_at=pl.String),
     ]
 }
 

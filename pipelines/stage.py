@@ -90,7 +90,7 @@ class StageRun:
         if delta is None or delta[1]:
             self._keys = set(self.store.keys(self.output, version=latest).to_list())
         elif delta[0]:
-            new = pl.read_parquet([str(f) for f in delta[0]], columns=[self.key]).get_column(self.key)
+            new = self.store.read_files(delta[0], columns=[self.key]).get_column(self.key)
             self._keys.update(new.to_list())
         self._ver = latest
 
@@ -155,9 +155,11 @@ class StageRun:
         q = self.store.read(QUARANTINE_TABLE, columns=["run", "reason"]).filter(pl.col("run") == self.fingerprint)
         return {r: int(n) for r, n in q.group_by("reason").len().sort("reason").iter_rows()}
 
-    def finish(self, *, rows_in: int, target_keys: Iterable[str] | None = None) -> TableRef:
+    def finish(self, *, rows_in: int, target_keys: Iterable[str] | None = None,
+               stats: dict[str, Any] | None = None) -> TableRef:
         """Prune stale rows (if target_keys given), then commit the completion record. Returns
-        the completed version. An empty output still gets a version (an empty first commit)."""
+        the completed version. An empty output still gets a version (an empty first commit).
+        `stats`: what this run spent (model calls, tokens, engine seconds; pipelines/driver.py)."""
         with self.store.lock(self.output):
             if not self.store.exists(self.output):
                 self.store.append(self.output, empty(self.kind), kind=self.kind,
@@ -178,7 +180,7 @@ class StageRun:
             rec = make_record(table=self.output, version=version, stage=self.stage, fp=self.fingerprint,
                               parents=self.parents, config=self.config, models=self.models, templates=self.templates,
                               rows_in=rows_in, rows_out=rows_out, drops=self.drops(),
-                              wall_s=time.perf_counter() - self._t0)
+                              wall_s=time.perf_counter() - self._t0, stats=stats)
             self.store.append(LINEAGE_TABLE, pl.DataFrame([rec], schema=get_schema("lineage").schema), kind="lineage")
         self.reused = None
         log.info("%s: completed %s@%d (%d rows in, %d out)", self.stage, self.output, version, rows_in, rows_out)

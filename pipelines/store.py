@@ -1,4 +1,4 @@
-"""The versioned store: one Delta Lake table per dataset under a root folder.
+"""The versioned store: one Delta Lake table per dataset under a root folder or object-store URI.
 
 A table version is immutable and addressed as `name@version`; reading one is one polars call
 (`pl.read_delta(path, version=v)`). Every `append` is one atomic Delta commit, validated against
@@ -7,101 +7,69 @@ records and quarantine rows live in two reserved tables of the same store, `_lin
 `quarantine`. Layout: `ROOT/tables/NAME/` (a Delta table), `ROOT/locks/NAME.lock` (advisory
 locks that StageRun holds while it checks keys and commits a batch).
 
-    store = Store("./store")
+    store = Store("./store")                 # or Store("s3://bucket/prefix"), see objectstore.py
     v = store.append("samples", frame, kind="samples")
     df = store.read("samples@3")
+
+An object-store root (`s3://...`) keeps the same layout under its prefix, takes credentials only
+from the environment, and keeps its lock files on local disk (`<cache>/locks/`). There every
+append commits exactly one version ahead of the version its writer last read (a conditional put);
+when another writer got there first, the rows whose keys that writer committed are dropped and
+the rest retried, so keys stay exactly-once across processes and hosts (docs/scaling.md).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
-import re
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
 import polars as pl
 
+from pipelines.commit import CONFLICT_RETRIES, KIND_PREFIX, Commits
 from pipelines.locks import file_lock
+from pipelines.objectstore import Location, ObjectFiles, StoreError, explain, is_uri, parse_location, storage_options
+from pipelines.refs import NAME_RE, RESERVED, TableRef, check_name, is_name
 from pipelines.schemas import SchemaError, get_schema, validate
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-RESERVED = {"_lineage": "lineage", "quarantine": "quarantine"}   # reserved table -> the only kind it holds
-KIND_PREFIX = "prefmill-kind:"
 DEFAULT_STORE = "./store"
-_CONFLICT_RETRIES = 20
-ZSTD_LEVEL = 3
 _FIRST_COMMIT = "00000000000000000000.json"
 log = logging.getLogger("prefmill.store")
+__all__ = ["DEFAULT_STORE", "KIND_PREFIX", "NAME_RE", "RESERVED", "Store", "StoreError", "TableRef", "check_name",
+           "default_root"]
 
 
+def default_root() -> Path | str:
+    """$PREFMILL_STORE (a folder or an object-store URI), else ./store."""
+    root = os.environ.get("PREFMILL_STORE", DEFAULT_STORE)
+    return root if is_uri(root) else Path(root)
 
 
-class StoreError(ValueError):
-    """A store operation was asked something it cannot do (bad name, unknown table, bad version)."""
+class Store(Commits):
+    """A folder (or object-store prefix) of versioned Delta tables. Safe for several processes at
+    once (Delta's commit protocol: each version is a put-if-absent log entry; concurrent appends retry).
 
-
-@dataclass(frozen=True, order=True)
-class TableRef:
-    """A pinned table version, `name@version`."""
-
-    name: str
-    version: int
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @classmethod
-    def parse(cls, text: str) -> tuple[str, int | None]:
-        """'name' -> (name, None); 'name@3' -> (name, 3). Raises StoreError on malformed input."""
-        if not isinstance(text, str):
-            raise StoreError(f"bad table reference {text!r}; write NAME or NAME@VERSION, e.g. r1_samples@3")
-        name, sep, ver = text.partition("@")
-        check_name(name)
-        if not sep:
-            return name, None
-        if not ver.isascii() or not ver.isdigit():
-            raise StoreError(f"bad version {ver!r} in {text!r}; write NAME@N with N a non-negative integer, e.g. {name}@0")
-        return name, int(ver)
-
-
-def check_name(name: str) -> str:
-    """Table names: lowercase letters, digits, '_', '.', '-'; no '..', no '/', nothing outside the root.
-    The reserved internal table `_lineage` is accepted (reads of it are legitimate)."""
-    if isinstance(name, str) and name in RESERVED:
-        return name
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        shown = repr(name).replace("\n", "\\n")
-        raise StoreError(
-            f"invalid table name {shown}; use lowercase letters, digits, '_', '.' or '-' "
-            "(starting with a letter or digit, no '/', no '..', at most 128 chars), e.g. r1_samples"
-        )
-    return name
-
-
-def _writer_properties():
-    """zstd, like polars' own parquet default: ~2x smaller than delta-rs' snappy default on text."""
-    from deltalake import WriterProperties
-
-    return WriterProperties(compression="ZSTD", compression_level=ZSTD_LEVEL)
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("PREFMILL_STORE", DEFAULT_STORE))
-
-
-class Store:
-    """A folder of versioned Delta tables. Safe for several processes at once (Delta's commit
-    protocol: each version is a put-if-absent log entry; concurrent appends retry).
-
-    `create=False` opens an existing store only (read commands must not create one)."""
+    `create=False` opens an existing store only (read commands must not create one).
+    `root` is a Path for a local store and the URI string for an object store."""
 
     def __init__(self, root: str | Path | None = None, *, create: bool = True):
-        self.root = Path(root) if root is not None else default_root()
+        raw = root if root is not None else default_root()
+        self.remote: Location | None = parse_location(raw) if isinstance(raw, str) else None
+        self._handles: dict[str, object] = {}
+        self._kinds: dict[str, str] = {}
+        self._opts: dict[str, str] | None = None
+        if self.remote is not None:
+            self.root: Path | str = self.remote.uri
+            ObjectFiles(self.remote, probe=True).open(create=create)   # one-line errors, nothing written
+            self._files = ObjectFiles(self.remote)
+            self._opts = storage_options(self.remote)
+            self._known: set[str] = set()                              # tables seen to exist (never removed)
+            return
+        self.root = Path(raw)
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {str(self.root)!r} is a file, not a folder; pass --store DIR pointing at a folder")
         if create:
@@ -109,20 +77,55 @@ class Store:
         elif not (self.root / "tables").is_dir():
             raise StoreError(f"no prefmill store at {str(self.root)!r}; pass --store DIR (or set PREFMILL_STORE) to an existing store")
         self._base = (self.root / "tables").resolve()
-        self._handles: dict[str, object] = {}
-        self._kinds: dict[str, str] = {}
 
     # -- paths and handles -------------------------------------------------------------
-    def path(self, name: str) -> Path:
+    @property
+    def location(self) -> str:
+        """Where the store lives, as other processes and hosts should be told: the absolute folder
+        or the object-store URI (never with credentials)."""
+        return self.remote.uri if self.remote else str(Path(self.root).resolve())
+
+    def path(self, name: str) -> Path | str:
+        """A table's location: a Path under a local root, a URI string under an object store."""
         check_name(name)
-        p = (self._base / name).resolve()
+        return self.remote.child("tables", name) if self.remote else self._local_path(name)
+
+    def _local_path(self, name: str) -> Path:
+        p = (self._base / check_name(name)).resolve()
         if p.parent != self._base:
             raise StoreError(f"table name {name!r} escapes the store root; use a plain name like r1_samples")
         return p
 
     def exists(self, name: str) -> bool:
-        log_dir = self.path(name) / "_delta_log"
+        if self.remote:
+            if check_name(name) not in self._known:
+                log_dir = f"tables/{name}/_delta_log"
+                if self._remote_call(self._files.exists, f"{log_dir}/{_FIRST_COMMIT}", f"{log_dir}/_last_checkpoint"):
+                    self._known.add(name)
+            return name in self._known
+        log_dir = self._local_path(name) / "_delta_log"
         return (log_dir / _FIRST_COMMIT).is_file() or (log_dir / "_last_checkpoint").is_file()
+
+    def _remote_call(self, fn, *args):
+        """Run an object-store call; failures become one-line StoreErrors without credentials."""
+        try:
+            return fn(*args)
+        except (OSError, RuntimeError) as e:
+            raise explain(e, self.remote) from None
+
+    def local_dir(self, *parts: str) -> Path:
+        """A local folder for things that are not tables (trained model folders): under the root of
+        a local store; for an object store under $PREFMILL_LOCAL_DIR, else <cache>/stores/<bucket>-<hash>."""
+        if not self.remote:
+            return Path(self.root).joinpath(*parts)
+        base = os.environ.get("PREFMILL_LOCAL_DIR")
+        return (Path(base) if base else self._cache_dir("stores")).joinpath(*parts)
+
+    def _cache_dir(self, what: str) -> Path:
+        from generators.models.registry import cache_dir
+
+        digest = hashlib.sha256(self.remote.uri.encode()).hexdigest()[:12]
+        return cache_dir() / what / f"{self.remote.bucket}-{digest}"
 
     def _table(self, name: str, *, fresh: bool = True):
         from deltalake import DeltaTable
@@ -131,7 +134,7 @@ class Store:
         if dt is None:
             if not self.exists(name):
                 raise StoreError(f"unknown table {name!r} in store {str(self.root)!r}; `prefmill datasets list` shows the tables")
-            dt = DeltaTable(str(self.path(name)))
+            dt = DeltaTable(str(self.path(name)), storage_options=self._opts)
             self._handles[name] = dt
         elif fresh:
             dt.update_incremental()
@@ -143,14 +146,19 @@ class Store:
         process), held while StageRun checks committed keys and commits a batch and while a
         table is created. Re-entrant within a thread."""
         check_name(name)
-        (self.root / "locks").mkdir(exist_ok=True)
-        path = str((self.root / "locks" / f"{name}.lock").resolve())
+        folder = self._cache_dir("locks") if self.remote else Path(self.root) / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = str((folder / f"{name}.lock").resolve())
         with file_lock(path):
             yield
 
     # -- metadata ----------------------------------------------------------------------
     def tables(self, *, include_internal: bool = False) -> list[str]:
-        base = self.root / "tables"
+        if self.remote:
+            found = self._remote_call(self._files.dirs, "tables")
+            names = [n for n in found if is_name(n) and self.exists(n)]
+            return [n for n in names if include_internal or not n.startswith("_")]
+        base = Path(self.root) / "tables"
         if not base.is_dir():
             return []
         names = sorted(p.name for p in base.iterdir() if p.is_dir() and self.exists(p.name))
@@ -188,37 +196,49 @@ class Store:
         from deltalake import DeltaTable
 
         r = self.ref(ref)
-        adds = DeltaTable(str(self.path(r.name)), version=r.version).get_add_actions(flatten=True)
+        adds = DeltaTable(str(self.path(r.name)), version=r.version,
+                          storage_options=self._opts).get_add_actions(flatten=True)
         counts = pl.DataFrame(adds).get_column("num_records") if adds.num_rows else pl.Series([0])
         if counts.null_count():
             return self.read(r, columns=[get_schema(self.kind(r.name)).key]).height
         return int(counts.sum())
 
-    def changes(self, name: str, *, since: int, until: int) -> tuple[list[Path], list[Path]] | None:
-        """Data files (added, removed) by commits since+1..until, read from the Delta log.
-        None when a commit file is gone (log cleaned up after a checkpoint): reload instead."""
-        base, added, removed = self.path(name), [], []
+    def changes(self, name: str, *, since: int, until: int) -> tuple[list[str], list[str]] | None:
+        """Data files (added, removed) by commits since+1..until, read from the Delta log, as paths
+        or URIs that `read_files` takes. None when a commit file is gone (log cleaned up after a
+        checkpoint): reload instead."""
+        base, added, removed = str(self.path(name)), [], []
         for v in range(since + 1, until + 1):
-            try:
-                text = (base / "_delta_log" / f"{v:020d}.json").read_text()
-            except FileNotFoundError:
+            entry = f"_delta_log/{v:020d}.json"
+            if self.remote:
+                text = self._remote_call(self._files.read_text, f"tables/{name}/{entry}")
+            else:
+                try:
+                    text = (Path(base) / entry).read_text()
+                except FileNotFoundError:
+                    text = None
+            if text is None:
                 return None
             for line in text.splitlines():
                 action = json.loads(line) if line.strip() else {}
                 if "add" in action:
-                    added.append(base / unquote(action["add"]["path"]))
+                    added.append(f"{base}/{unquote(action['add']['path'])}")
                 elif "remove" in action:
-                    removed.append(base / unquote(action["remove"]["path"]))
+                    removed.append(f"{base}/{unquote(action['remove']['path'])}")
         return added, removed
+
+    def read_files(self, files: Iterable[str | Path], *, columns: list[str] | None = None) -> pl.DataFrame:
+        """Read data files named by `changes` (local paths or object-store URIs) as one frame."""
+        return pl.read_parquet([str(f) for f in files], columns=columns, storage_options=self._opts)
 
     # -- reads -------------------------------------------------------------------------
     def scan(self, ref: str | TableRef) -> pl.LazyFrame:
         r = self.ref(ref)
-        return pl.scan_delta(str(self.path(r.name)), version=r.version)
+        return pl.scan_delta(str(self.path(r.name)), version=r.version, storage_options=self._opts)
 
     def read(self, ref: str | TableRef, *, columns: list[str] | None = None) -> pl.DataFrame:
         r = self.ref(ref)
-        return pl.read_delta(str(self.path(r.name)), version=r.version, columns=columns)
+        return pl.read_delta(str(self.path(r.name)), version=r.version, columns=columns, storage_options=self._opts)
 
     def keys(self, name: str, *, column: str | None = None, version: int | None = None) -> pl.Series:
         """The key column (or another column) of a table version; empty if the table does not exist."""
@@ -235,6 +255,8 @@ class Store:
         same kind. Concurrent writers are safe: a conflicting commit is retried.
         """
         self._check_kind(name, kind)
+        if self.remote:
+            return self._commit_remote(name, validate(frame, kind), kind=kind, metadata=metadata)
         data = validate(frame, kind).to_arrow()
         return self._commit(name, data, kind=kind, metadata=metadata)
 
@@ -248,39 +270,6 @@ class Store:
         if self.exists(name) and self.kind(name) != kind:
             raise SchemaError(f"table {name!r} holds {self.kind(name)!r} rows, not {kind!r}; write to another table name")
 
-    def _commit(self, name: str, data, *, kind: str, metadata: dict | None) -> int:
-        from deltalake import CommitProperties, write_deltalake
-        from deltalake.exceptions import CommitFailedError, DeltaError
-
-        props = CommitProperties(custom_metadata=metadata or None, max_commit_retries=_CONFLICT_RETRIES)
-        wp = _writer_properties()
-        for attempt in range(_CONFLICT_RETRIES):
-            if attempt:
-                self._check_kind(name, kind)   # the race winner may have created another kind
-            creating = not self.exists(name)
-            try:
-                if not creating:
-                    dt = self._table(name, fresh=False)
-                    write_deltalake(dt, data, mode="append", commit_properties=props, writer_properties=wp)
-                    return dt.version()   # the handle now stands at the version this write committed
-                # Creating: under the table lock (writers on this host take turns creating) and with
-                # mode="error", so losing a race for version 0 raises; the loser retries as an append.
-                with self.lock(name):
-                    if self.exists(name):
-                        continue
-                    write_deltalake(str(self.path(name)), data, mode="error", description=KIND_PREFIX + kind,
-                                    commit_properties=props, writer_properties=wp)
-                    return 0
-            except (CommitFailedError, DeltaError) as e:
-                lost_race = creating and self.exists(name)   # "already exists" / "protocol changed"
-                conflict = any(w in str(e).lower() for w in ("conflict", "concurrent", "changed since last commit"))
-                if not (lost_race or conflict) or attempt == _CONFLICT_RETRIES - 1:
-                    raise
-                log.info("commit to %s lost a race (%s); retrying", name, str(e).splitlines()[0])
-                self._handles.pop(name, None)
-                time.sleep(0.02 * (attempt + 1))
-        raise AssertionError("unreachable")
-
     def delete_keys(self, name: str, keys: Iterable[str], *, metadata: dict | None = None) -> int:
         """Remove rows by key in one commit (older versions keep them); return the new version."""
         from deltalake import CommitProperties
@@ -292,7 +281,7 @@ class Store:
         col = get_schema(self.kind(name)).key
         (dt.merge(keys.to_frame().to_arrow(), predicate=f"t.{col} = s.k", source_alias="s", target_alias="t",
                   commit_properties=CommitProperties(custom_metadata=metadata or None,
-                                                     max_commit_retries=_CONFLICT_RETRIES))
+                                                     max_commit_retries=CONFLICT_RETRIES))
          .when_matched_delete().execute())
         return dt.version()
 

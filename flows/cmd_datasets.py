@@ -5,8 +5,10 @@
     prefmill datasets show NAME[@VERSION] [--rows N]
     prefmill datasets diff NAME@A NAME@B         rows added/removed by key, schema changes, lineage
 
-Every command takes `--store DIR` (default $PREFMILL_STORE or ./store) and `--json` (one JSON
-document on stdout). Read commands never create a store.
+Every command takes `--store DIR|URI` (a folder or an object-store URI such as s3://bucket/prefix;
+default $PREFMILL_STORE or ./store) and `--json` (one JSON document on stdout). Read commands
+never create a store. Object-store credentials come only from the environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, ...; see pipelines/objectstore.py).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def register(sub: Any) -> None:
     cmds = p.add_subparsers(dest="datasets_command", metavar="SUBCOMMAND", required=True)
 
     def common(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        q.add_argument("--store", default=None, help="store folder (default: $PREFMILL_STORE or ./store)")
+        q.add_argument("--store", default=None,
+                       help="store folder or object-store URI, e.g. s3://bucket/prefix (default: $PREFMILL_STORE or ./store)")
         q.add_argument("--json", action="store_true", help="print one JSON document on stdout")
         return q
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random  # noqa: F401  (used by the doctest above)
 
+from filters.constraints import catalogue, checks, core, phrasings, splits, strict, text
 from filters.constraints.catalogue import CATALOGUE, CONFLICTS, FAMILIES, KINDS, SPEC, SPLITS, compatible, family
 from filters.constraints.core import (
     check, check_all, describe, dumps, loads, validate_constraint, validate_constraints,
@@ -31,8 +32,11 @@ from filters.constraints.strict import (
     GATES, OFF_TOPIC_BELOW, StrictResult, check_strict, gate_reasons, is_echo, task_text,
 )
 
+# The modules a check's verdict depends on (hash them into a rule scorer's id, with this file).
+MODULES = (text, phrasings, catalogue, checks, core, splits, strict)
+
 __all__ = [
-    "CATALOGUE", "CONFLICTS", "FAMILIES", "GATES", "KINDS", "OFF_TOPIC_BELOW", "PHRASINGS", "SPEC", "SPLITS",
+    "CATALOGUE", "CONFLICTS", "FAMILIES", "GATES", "KINDS", "MODULES", "OFF_TOPIC_BELOW", "PHRASINGS", "SPEC", "SPLITS",
     "StrictResult", "check", "check_all", "check_strict", "compatible", "describe", "dumps", "family",
     "gate_reasons", "is_echo", "kinds_in", "loads", "novelty", "phrasings_in", "sample_constraints",
     "split_catalogue", "task_text", "validate_constraint", "validate_constraints",

@@ -130,3 +130,17 @@ def test_max_and_min_words_partition(words, n):
 @given(st.text(alphabet=st.characters(blacklist_characters='"'), min_size=0))
 def test_wrapping_in_quotes_always_passes(x):
     assert I.check({"kind": "wrap_in_quotes"}, f'"{x}"')
+
+
+def test_stored_constraints_without_a_phrasing_describe_as_before():
+    assert I.describe({"kind": "include_keywords", "words": ["risk", "benefit"]}) == \
+        "Include the keywords 'risk', 'benefit' in your response."
+    assert I.describe({"kind": "max_words", "n": 50}) == "Answer in at most 50 words."
+    assert I.describe({"kind": "max_words", "n": 50, "phrasing": 0}) == "Answer in at most 50 words."
+
+
+def test_modules_cover_every_file_of_the_constraints_package():
+    from pathlib import Path
+
+    pkg = Path(I.__file__).parent / "constraints"
+    assert {Path(m.__file__).name for m in I.MODULES} == {p.name for p in pkg.glob("*.py")} - {"__init__.py"}

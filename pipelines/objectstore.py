@@ -11,6 +11,8 @@ module passes to deltalake and polars hold no secret, the URI we keep holds none
 `user:pass@` or a query string is refused), and every error message is scrubbed of credential
 values. S3 commits use conditional puts (`If-None-Match: *`, object_store's `conditional_put =
 etag`), pinned here so an environment variable cannot switch a store to unsafe renames.
+Tested against S3 (moto on loopback, tests/s3_server.py); gs:// and az:// take the same code path
+but have not been run against any server.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pipelines.lineage import redact
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.=+-]+$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Short retries for the opening check only: an unreachable endpoint fails in seconds, not minutes.
 _PROBE_OPTIONS = {"max_retries": "2", "retry_timeout": "15s", "connect_timeout": "5s", "timeout": "20s"}
 
@@ -136,18 +139,19 @@ def explain(err: BaseException, loc: Location) -> StoreError:
     """A one-line StoreError naming the fix for an object-store failure (credentials scrubbed)."""
     text = redact(str(err))
     low = text.lower()
-    ep = _endpoint() or "the default endpoint"
+    ep = _endpoint() or "the default AWS endpoint"
     if "nosuchbucket" in low or "bucket does not exist" in low or "containernotfound" in low:
-        return StoreError(f"bucket {loc.bucket!r} does not exist at {ep}; create it first "
-                          f"(e.g. `aws s3 mb {loc.scheme}://{loc.bucket}`) or fix the store URI")
+        how = f" (e.g. `aws s3 mb s3://{loc.bucket}`)" if loc.scheme == "s3" else ""
+        return StoreError(f"bucket {loc.bucket!r} does not exist at {ep}; create it first{how} or fix the store URI")
     if any(w in low for w in ("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "403 forbidden")):
-        return StoreError(f"the object store refused these credentials for {loc.uri}; "
-                          f"check {BACKENDS[loc.scheme].hint.split(',')[0].removeprefix('set ')}")
+        return StoreError(f"the object store refused the credentials for {loc.uri}; fix them in the environment "
+                          f"({BACKENDS[loc.scheme].hint})")
     if any(w in low for w in ("error sending request", "tcp connect", "dns error", "connection refused", "timed out")):
-        return StoreError(f"cannot reach the object store for {loc.uri} at {ep}; check AWS_ENDPOINT_URL and "
-                          f"that the server is running and reachable")
-    first = next((ln.strip(" ↳\x1b[0m31") for ln in text.splitlines() if ln.strip()), type(err).__name__)
-    return StoreError(f"object store error for {loc.uri}: {first}")
+        where = f" at {ep}; check AWS_ENDPOINT_URL and" if loc.scheme == "s3" else "; check"
+        return StoreError(f"cannot reach the object store for {loc.uri}{where} that the server is running and reachable")
+    lines = [ln for ln in (_ANSI.sub("", raw).replace("↳", "").strip() for raw in text.splitlines()) if ln]
+    what = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(err).__name__
+    return StoreError(f"object store error for {loc.uri}: {what[:300]}")
 
 
 class ObjectFiles:

@@ -108,9 +108,11 @@ class Store(Commits):
 
     def _remote_call(self, fn, *args):
         """Run an object-store call; failures become one-line StoreErrors without credentials."""
+        from deltalake.exceptions import DeltaError
+
         try:
             return fn(*args)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, DeltaError) as e:
             raise explain(e, self.remote) from None
 
     def local_dir(self, *parts: str) -> Path:
@@ -134,10 +136,11 @@ class Store(Commits):
         if dt is None:
             if not self.exists(name):
                 raise StoreError(f"unknown table {name!r} in store {str(self.root)!r}; `prefmill datasets list` shows the tables")
-            dt = DeltaTable(str(self.path(name)), storage_options=self._opts)
+            uri = str(self.path(name))
+            dt = self._remote_call(lambda: DeltaTable(uri, storage_options=self._opts)) if self.remote else DeltaTable(uri)
             self._handles[name] = dt
         elif fresh:
-            dt.update_incremental()
+            self._remote_call(dt.update_incremental) if self.remote else dt.update_incremental()
         return dt
 
     @contextlib.contextmanager

@@ -46,9 +46,12 @@ def test_every_store_operation_on_s3(s3, s3_root, monkeypatch):
         store.append("r1_prompts", empty("samples"), kind="samples")
     with pytest.raises(Exception, match="reserved"):
         store.append("quarantine", a, kind="prompts")
+    store.compact("r1_prompts")                                  # a checkpoint object next to the log
     # a second process' view: reopened read-only, same tables and versions
     other = Store(s3_root, create=False)
     assert other.tables() == ["r1_prompts"] and other.version("r1_prompts") == 2
+    assert other.read("r1_prompts@2").height == 3 and other.kind("r1_prompts") == "prompts"
+    assert any("_delta_log/_last_checkpoint" in k for k in s3.objects(s3_root.split("/")[2]))
     assert all(w[2] == "*" for w in _log_entries(s3, s3_root, "r1_prompts"))
     monkeypatch.setenv("PREFMILL_STORE", s3_root)
     assert default_root() == s3_root

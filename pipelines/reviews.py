@@ -3,7 +3,7 @@
     queue = build_queue(store, "demo.r1.pairs@3", QueueConfig(canaries=10))
     log = ReviewLog(store, default_reviews_table("demo.r1.pairs"))     # -> "demo.reviews"
     log.commit(row)                  # one atomic commit; False if that review_id is already there
-    report = review_report(store, "demo.r1.pairs@3", reviews="demo.reviews")
+    report = review_report(store, "demo.r1.pairs@3", reviews="demo.reviews")   # flows/review/report.py
 
 What the queue reads, all pinned by the pairs version's lineage record (its parents and its run
 fingerprint): the pairs rows (kept candidates); quarantine rows with `run` = that fingerprint
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from filters.reviews import (ReviewPolicy, agreement_report, comparison, judge_signals, make_canaries,
-                             reviewer_report, score_signals, truth)
+from filters.reviews import comparison, judge_signals, make_canaries, score_signals
 from filters.text import as_text, word_count
 from pipelines import keys
 from pipelines.quarantine import QUARANTINE_TABLE
@@ -74,8 +73,9 @@ class ReviewLog:
         if delta is None or delta[1]:
             self._frame = self.store.read(TableRef(self.table, latest))
         elif delta[0]:
-            new = pl.read_parquet([str(p) for p in delta[0]]).select(get_schema(KIND).columns)
-            self._frame = pl.concat([self._frame, new.cast(get_schema(KIND).columns)])
+            cols = get_schema(KIND).columns
+            new = pl.read_parquet([str(p) for p in delta[0]]).select(list(cols)).cast(cols)
+            self._frame = pl.concat([self._frame, new])
         self._ids = set(self._frame["review_id"].to_list())
         self._ver = latest
 
@@ -154,16 +154,17 @@ def _dropped(store: Store, fp: str, name: str, strategy: str | None) -> tuple[li
         if not isinstance(p, dict) or reason == "no_valid_pair":
             continue
         if p.get("sample_a") and p.get("sample_b") and p.get("judge"):
-            out.append({"pair_id": keys.pair_id(p.get("prompt_id") or "", p["sample_a"], p["sample_b"], strategy or ""),
-                        "prompt_id": p.get("prompt_id"), "chosen_id": p["sample_a"], "rejected_id": p["sample_b"],
-                        "status": "judged", "drop_reason": reason})
+            pid = keys.pair_id(p.get("prompt_id") or "", p["sample_a"], p["sample_b"], strategy or "")
+            out.append({"pair_id": pid, "prompt_id": p.get("prompt_id"), "chosen_id": p["sample_a"],
+                        "rejected_id": p["sample_b"], "status": "judged", "drop_reason": reason})
         elif "strategy" in p or "margin" in p:
             if not (p.get("chosen_id") and p.get("rejected_id")):
                 missing += 1
                 continue
             num = lambda v: float(v) if isinstance(v, (int, float)) else None  # noqa: E731
-            out.append({"pair_id": p.get("pair_id") or key, "prompt_id": p.get("prompt_id"), "chosen_id": p["chosen_id"],
-                        "rejected_id": p["rejected_id"], "chosen_score": num(p.get("chosen_score")),
+            out.append({"pair_id": p.get("pair_id") or key, "prompt_id": p.get("prompt_id"),
+                        "chosen_id": p["chosen_id"], "rejected_id": p["rejected_id"],
+                        "chosen_score": num(p.get("chosen_score")),
                         "rejected_score": num(p.get("rejected_score")), "margin": num(p.get("margin")),
                         "strategy": p.get("strategy"), "status": "dropped", "drop_reason": reason})
     return out, missing
@@ -205,7 +206,8 @@ def _orient(frame: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.col("chosen_score")).alias("chosen_score"),
         pl.when(pl.col("status") == "judged").then(pl.when(flip).then(pl.col("_a")).otherwise(pl.col("_b")))
         .otherwise(pl.col("rejected_score")).alias("rejected_score"),
-    ).with_columns(pl.coalesce("margin", pl.col("chosen_score") - pl.col("rejected_score")).alias("margin")).drop("_a", "_b")
+    ).with_columns(pl.coalesce("margin", pl.col("chosen_score") - pl.col("rejected_score")).alias("margin")
+                   ).drop("_a", "_b")
 
 
 def build_queue(store: Store, pairs: TableRef | str, cfg: QueueConfig | None = None) -> Queue:
@@ -220,12 +222,13 @@ def build_queue(store: Store, pairs: TableRef | str, cfg: QueueConfig | None = N
     notes = [] if rec else [f"{ref} has no lineage record: only its kept pairs are queued (no drops, no scores)"]
     cand, missing = _candidates(store, ref, rec)
     if missing:
-        notes.append(f"{missing} dropped pairs lack chosen_id/rejected_id in their quarantine payload and are not queued")
+        notes.append(f"{missing} dropped pairs lack chosen_id/rejected_id in their quarantine payload and are "
+                     "not queued")
     by_kind = _parents(store, parents)
     cand = cand.with_columns(comparison()).unique("comparison", keep="first", maintain_order=True)
     ids = pl.concat([cand["chosen_id"], cand["rejected_id"]]).unique().implode()
-    sc_frames = [store.scan(r).filter(pl.col("sample_id").is_in(ids)).select("sample_id", "scorer", "score", "details")
-                 for r in by_kind.get("scores", [])]
+    sc_frames = [store.scan(r).filter(pl.col("sample_id").is_in(ids))
+                 .select("sample_id", "scorer", "score", "details") for r in by_kind.get("scores", [])]
     scores = pl.concat(sc_frames).collect() if sc_frames else pl.DataFrame(
         schema={"sample_id": pl.String, "scorer": pl.String, "score": pl.Float64, "details": pl.String})
     cand = _orient(cand, scores.filter(pl.col("scorer") == (primary or "")))
@@ -250,13 +253,13 @@ def _texts(store: Store, cand: pl.DataFrame, by_kind: dict[str, list[TableRef]],
     cand = cand.join(kept, on="pair_id", how="left", maintain_order="left")
     samples = by_kind.get("samples", [])
     ids = pl.concat([cand["chosen_id"], cand["rejected_id"]]).unique().implode()
-    smp = (pl.concat([store.scan(r).filter(pl.col("sample_id").is_in(ids))
-                      .select("sample_id", "completion", (pl.col("policy") + "@" + pl.col("policy_revision")).alias("model"))
+    model = (pl.col("policy") + "@" + pl.col("policy_revision")).alias("model")
+    smp = (pl.concat([store.scan(r).filter(pl.col("sample_id").is_in(ids)).select("sample_id", "completion", model)
                       for r in samples]).collect() if samples else
            pl.DataFrame(schema={"sample_id": pl.String, "completion": pl.String, "model": pl.String}))
     for side in ("chosen", "rejected"):
-        cand = cand.join(smp.rename({"sample_id": f"{side}_id", "completion": f"_{side[0]}s", "model": f"{side}_model"}),
-                         on=f"{side}_id", how="left", maintain_order="left")
+        names = {"sample_id": f"{side}_id", "completion": f"_{side[0]}s", "model": f"{side}_model"}
+        cand = cand.join(smp.rename(names), on=f"{side}_id", how="left", maintain_order="left")
     prompts = by_kind.get("prompts", [])
     pr = (pl.concat([store.scan(r).select("prompt_id", pl.col("messages").alias("_pm"), "constraints")
                      for r in prompts]).unique("prompt_id").collect() if prompts else
@@ -267,7 +270,8 @@ def _texts(store: Store, cand: pl.DataFrame, by_kind: dict[str, list[TableRef]],
     m = _ROUND.search(samples[0].name if samples else "") or _ROUND.search(ref.name)
     return cand.with_columns(
         pl.coalesce("prompt", "_pm").alias("prompt"), pl.coalesce("_ct", "_cs").alias("chosen_text"),
-        pl.coalesce("_rt", "_rs").alias("rejected_text"), pl.lit(int(m.group(1)) if m else None, pl.Int32).alias("round"),
+        pl.coalesce("_rt", "_rs").alias("rejected_text"),
+        pl.lit(int(m.group(1)) if m else None, pl.Int32).alias("round"),
         pl.col("kinds").fill_null(pl.lit([], pl.List(pl.String))), pl.lit(False).alias("canary"),
     ).drop("_ct", "_rt", "_cs", "_rs", "_pm")
 
@@ -276,8 +280,9 @@ def _with_canaries(store: Store, cand: pl.DataFrame, scores: pl.DataFrame, by_ki
                    cfg: QueueConfig) -> pl.DataFrame:
     """Canaries from answers every rule check passed (a scores row whose details list no failure)."""
     ok = scores.filter((pl.col("details").str.json_path_match("$.failed") == "[]") & (pl.col("score") >= 1.0))
-    pool = pl.concat([cand.select("prompt_id", pl.col(f"{s}_id").alias("sample_id"), pl.col(f"{s}_text").alias("completion"),
-                                  pl.col(f"{s}_model").alias("model")) for s in ("chosen", "rejected")])
+    pool = pl.concat([cand.select("prompt_id", pl.col(f"{s}_id").alias("sample_id"),
+                                  pl.col(f"{s}_text").alias("completion"), pl.col(f"{s}_model").alias("model"))
+                      for s in ("chosen", "rejected")])
     pool = pool.filter(pl.col("sample_id").is_in(ok["sample_id"].implode())).unique("sample_id")
     pr = [store.scan(r).select("prompt_id", "constraints") for r in by_kind.get("prompts", [])]
     if pool.is_empty() or not pr:
@@ -285,27 +290,35 @@ def _with_canaries(store: Store, cand: pl.DataFrame, scores: pl.DataFrame, by_ki
     pool = pool.join(pl.concat(pr).unique("prompt_id").collect(), on="prompt_id")
     can = make_canaries(pool, n=cfg.canaries, seed=cfg.seed)
     base = cand.filter(pl.col("prompt_id").is_in(can["prompt_id"].implode())).unique("prompt_id")
-    rows = can.join(base.select("prompt_id", "prompt", "kinds", "round"), on="prompt_id", how="left").join(
-        pool.select(pl.col("sample_id").alias("chosen_id"), pl.col("model").alias("chosen_model")), on="chosen_id")
-    rows = rows.with_columns(comparison(), pl.lit("canary").alias("status"),
-                             ("corrupted copy (" + pl.col("corruption") + ")").alias("rejected_model")).drop("corruption")
+    models = pool.select(pl.col("sample_id").alias("chosen_id"), pl.col("model").alias("chosen_model"))
+    rows = (can.join(base.select("prompt_id", "prompt", "kinds", "round"), on="prompt_id", how="left")
+            .join(models, on="chosen_id")
+            .with_columns(comparison(), pl.lit("canary").alias("status"),
+                          ("corrupted copy (" + pl.col("corruption") + ")").alias("rejected_model"))
+            .drop("corruption"))
     return pl.concat([cand, rows], how="diagonal_relaxed")
 
 
 def _order(cand: pl.DataFrame, signals: pl.DataFrame, cfg: QueueConfig) -> pl.DataFrame:
+    """Tiers: position-swap flip (a judge's verdict changes with the order, or the stage dropped
+    it as one), scorer disagreement (two scorers' decisive verdicts differ), small margin (|margin|
+    at or under the configured quantile, or dropped as tie / margin_below), length-ratio outlier,
+    then the rest in a seeded random order. Canaries go after every `canary_every` positions."""
     per = signals.group_by("comparison", "scorer").agg(pl.col("verdict").n_unique().alias("nv"),
                                                        pl.col("verdict").first().alias("v"))
     flips = per.filter(pl.col("nv") > 1)["comparison"].implode()
     cons = per.filter((pl.col("nv") == 1) & pl.col("v").is_in(["chosen", "rejected"]))
-    dis = cons.group_by("comparison").agg(pl.col("v").n_unique().alias("k")).filter(pl.col("k") > 1)["comparison"].implode()
+    dis = (cons.group_by("comparison").agg(pl.col("v").n_unique().alias("k"))
+           .filter(pl.col("k") > 1)["comparison"].implode())
     s = cand.schema
-    lc, lr = word_count(as_text(s, "chosen_text")).cast(pl.Float64), word_count(as_text(s, "rejected_text")).cast(pl.Float64)
+    lc = word_count(as_text(s, "chosen_text")).cast(pl.Float64)
+    lr = word_count(as_text(s, "rejected_text")).cast(pl.Float64)
     fam = pl.col("drop_reason").str.split_exact(":", 1).struct.field("field_0")
     am = pl.col("margin").abs()
     finite = cand.filter(pl.col("margin").is_finite())["margin"].abs()
     q = finite.quantile(cfg.small_margin_quantile, "lower") if finite.len() else None
-    f = cand.with_columns((pl.max_horizontal(lc, lr) / pl.max_horizontal(pl.min_horizontal(lc, lr), pl.lit(1.0)))
-                          .alias("length_ratio"), fam.alias("reason_family"))
+    ratio = pl.max_horizontal(lc, lr) / pl.max_horizontal(pl.min_horizontal(lc, lr), pl.lit(1.0))
+    f = cand.with_columns(ratio.alias("length_ratio"), fam.alias("reason_family"))
     flip = pl.col("comparison").is_in(flips) | (pl.col("reason_family") == "position_swap_flip")
     disagree = pl.col("comparison").is_in(dis) | (pl.col("reason_family") == "scorer_disagreement")
     small = pl.col("reason_family").is_in(["tie", "margin_below"]) | ((am <= q) if q is not None else pl.lit(False))
@@ -324,45 +337,14 @@ def _order(cand: pl.DataFrame, signals: pl.DataFrame, cfg: QueueConfig) -> pl.Da
                             .alias("tier_name"))
 
 
-def review_report(store: Store, pairs: TableRef | str, *, reviews: str, policy: ReviewPolicy | None = None,
-                  cfg: QueueConfig | None = None, queue: Queue | None = None) -> dict:
-    """Judge-vs-human agreement per scorer (position and length bias), how people judged kept and
-    dropped pairs, per-reviewer attention (left-position share, canaries passed), and judge
-    accuracy on canaries. Reviews are matched to this pairs version's candidates by comparison."""
-    q = queue or build_queue(store, pairs, cfg)
-    rv = ReviewLog(store, reviews).rows()
-    cmp = q.candidates.select("comparison", "status", "canary")
-    rv = rv.with_columns(comparison()).join(cmp.select("comparison"), on="comparison", how="semi")
-    real = q.candidates.filter(~pl.col("canary")).lazy()
-    t = truth(real, rv.lazy(), policy=policy).collect()
-    by_status = t.join(cmp, on="comparison").group_by("status").agg(
-        pl.len().alias("reviewed"), (pl.col("human") == "chosen").sum().alias("agree"),
-        (pl.col("human") == "rejected").sum().alias("swap"), pl.col("human").is_in(["tie", "both_bad"]).sum()
-        .alias("no_winner"), (pl.col("human") == "conflict").sum().alias("conflict")).sort("status")
-    canaries = q.candidates.filter(pl.col("canary")).with_columns(pl.lit("chosen").alias("human"))
-    can_t = canaries.select("comparison", "human", word_count(as_text(canaries.schema, "chosen_text")).alias("chosen_len"),
-                            word_count(as_text(canaries.schema, "rejected_text")).alias("rejected_len"))
-    counts = rv.group_by("decision").len().sort("decision")
-    return {"pairs": str(q.ref), "reviews": f"{reviews}@{store.version(reviews)}" if store.exists(reviews) else reviews,
-            "rows": rv.height, "decisions": dict(counts.iter_rows()),
-            "by_status": by_status.to_dicts(), "agreement": agreement_report(t.lazy(), q.signals.lazy()),
-            "reviewers": reviewer_report(rv.lazy()) if rv.height else [],
-            "canaries": agreement_report(can_t.lazy(), q.signals.lazy()) if canaries.height else None,
-            "notes": q.notes}
-
-
 def record_session(store: Store, table: str, pairs: TableRef, *, decisions: int, config: dict) -> TableRef | None:
     """A lineage record for the reviews version a review server leaves behind (parents: the pairs
     version it served; rows_in: decisions it committed). Nothing when it committed none."""
     if decisions <= 0 or not store.exists(table):
         return None
-    return StageRun(store, stage="review", output=table, kind=KIND, parents=[pairs], config=config).finish(rows_in=decisions)
-
-
-def drop_families(queue: Queue) -> list[str]:
-    """Drop-reason families present among the queue's candidates (for the queue filters)."""
-    return sorted(x for x in queue.candidates["reason_family"].unique().to_list() if x)
+    run = StageRun(store, stage="review", output=table, kind=KIND, parents=[pairs], config=config)
+    return run.finish(rows_in=decisions)
 
 
 __all__ = ["KIND", "TIERS", "Queue", "QueueConfig", "ReviewLog", "build_queue", "default_reviews_table",
-           "drop_families", "record_session", "review_id", "review_report"]
+           "record_session", "review_id"]

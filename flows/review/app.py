@@ -46,6 +46,7 @@ def create_app(session: ReviewSession, *, default_reviewer: str, report: Callabl
     token = secrets.token_urlsafe(24)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.decisions = 0
+    opts = options(session)            # the queue is fixed for the server's life: compute the filter values once
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
@@ -73,7 +74,7 @@ def create_app(session: ReviewSession, *, default_reviewer: str, report: Callabl
     def page(template: str, request: Request, f: Filters, status: int = 200, **ctx: Any) -> HTMLResponse:
         reviewer = who(request)
         html = render(template, reviewer=reviewer, token=token, q=f.query(), f=f, table=str(session.queue.ref),
-                      progress=session.progress(reviewer, f), options=options(session), notes=session.queue.notes,
+                      progress=session.progress(reviewer, f), options=opts, notes=session.queue.notes,
                       **ctx)
         return HTMLResponse(html, status_code=status)
 
@@ -157,9 +158,11 @@ def serve(app: FastAPI, *, host: str, port: int, banner: Callable[[str], None]) 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as e:
+    except (OSError, OverflowError) as e:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port (0 = any free port)") from None
+        from flows.cli import UserError
+        raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e}); pass another "
+                        "--port (0 = any free port) or --host") from None
     sock.listen(128)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

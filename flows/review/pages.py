@@ -55,8 +55,8 @@ def pair_view(session: ReviewSession, pos: int, reviewer: str) -> dict:
                 failed = json.loads(c["details"]).get("failed")
             except (TypeError, ValueError, AttributeError):
                 failed = None
-            checks.append({"answer": label[side], "scorer": c["scorer"], "score": _fmt(c["score"]),
-                           "failed": ", ".join(map(str, failed)) if failed else ("none" if failed == [] else c["details"])})
+            shown = ", ".join(map(str, failed)) if failed else ("none" if failed == [] else c["details"])
+            checks.append({"answer": label[side], "scorer": c["scorer"], "score": _fmt(c["score"]), "failed": shown})
     lineage = [("pairs table", str(q.ref)), ("round", row["round"] if row["round"] is not None else "—"),
                ("strategy", row["strategy"] or "—"), ("in the pairs table", _status(row)),
                ("queue tier", row["tier_name"]), ("margin (chosen - rejected)", _fmt(row["margin"])),
@@ -86,17 +86,14 @@ def decided_label(decision: str | None, shown: str) -> str | None:
 
 
 def queue_rows(session: ReviewSession, reviewer: str, f: Filters, *, limit: int = 50) -> list[dict]:
-    """The next `limit` open positions of the filtered queue, without leasing them."""
+    """Rows for the queue page: the next `limit` open pairs (looking does not lease them)."""
     out = []
     c = session.queue.candidates
-    for pos in session.view(f):
-        if len(out) >= limit:
-            break
-        if session.decided(reviewer, pos) is None:
-            r = c.row(pos, named=True)
-            out.append({"pair_id": r["pair_id"], "tier": r["tier_name"], "status": _status(r),
-                        "margin": _fmt(r["margin"]), "ratio": _fmt(r["length_ratio"]),
-                        "kinds": ", ".join(r["kinds"] or []), "prompt": _first_words(r["prompt"])})
+    for pos in session.upcoming(reviewer, f, limit=limit):
+        r = c.row(pos, named=True)
+        out.append({"pair_id": r["pair_id"], "tier": r["tier_name"], "status": _status(r),
+                    "margin": _fmt(r["margin"]), "ratio": _fmt(r["length_ratio"]),
+                    "kinds": ", ".join(r["kinds"] or []), "prompt": _first_words(r["prompt"])})
     return out
 
 

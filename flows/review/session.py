@@ -47,7 +47,8 @@ class Filters:
         if self.kind:
             e &= pl.col("kinds").list.contains(self.kind)
         if self.reason:
-            e &= (pl.col("reason_family").is_null() if self.reason == "none" else pl.col("reason_family") == self.reason)
+            fam = pl.col("reason_family")
+            e &= fam.is_null() if self.reason == "none" else fam == self.reason
         if self.status:
             e &= pl.col("status") == self.status
         return e | pl.col("canary")          # canaries are attention checks: they stay in every view
@@ -66,9 +67,10 @@ class ReviewSession:
         self.comparisons: list[str] = c["comparison"].to_list()
         self.canary: list[bool] = c["canary"].to_list()
         self.position = {p: i for i, p in enumerate(c["pair_id"].to_list())}
-        self._lock = threading.Lock()
+        self._pos_of = {cmp: i for i, cmp in enumerate(self.comparisons)}
+        self._lock = threading.RLock()
         self._leases: dict[str, tuple[str, float]] = {}       # comparison -> (reviewer, since)
-        self._views: dict[Filters, list[int]] = {}
+        self._views: dict[Filters, tuple[list[int], set[int]]] = {}
         self._state_ver = -2
         self._mine: dict[str, dict[str, str]] = {}             # reviewer -> comparison -> decision
         self._votes: dict[str, int] = {}                       # comparison -> real decisions
@@ -93,10 +95,19 @@ class ReviewSession:
             return self._mine.get(reviewer, {}).get(self.comparisons[pos])
 
     def view(self, f: Filters) -> list[int]:
+        """Queue positions that pass the filters, in queue order (cached per filter set)."""
         if f not in self._views:
             idx = self.queue.candidates.with_row_index("_i").filter(f.expr())["_i"].to_list()
-            self._views[f] = idx
-        return self._views[f]
+            self._views[f] = (idx, set(idx))
+        return self._views[f][0]
+
+    def _closed(self, reviewer: str, now: float) -> set[int]:
+        """Positions not open to `reviewer`: decided by them, decided enough, leased to someone else.
+        Built from the decisions and leases (small), never by scanning the queue."""
+        out = {self._pos_of[c] for c in self._mine.get(reviewer, {}) if c in self._pos_of}
+        out |= {self._pos_of[c] for c, n in self._votes.items() if n >= self.per_pair and c in self._pos_of}
+        out |= {self._pos_of[c] for c, (who, t) in self._leases.items() if who != reviewer and now - t <= LEASE_S}
+        return out
 
     def _open(self, reviewer: str, pos: int, now: float) -> bool:
         cmp = self.comparisons[pos]
@@ -119,21 +130,35 @@ class ReviewSession:
         return None
 
     def lease(self, reviewer: str, pos: int, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        cmp = self.comparisons[pos]
-        for k in [k for k, (who, _) in self._leases.items() if who == reviewer and k != cmp]:
-            del self._leases[k]
-        held = self._leases.get(cmp)
-        if held is None or held[0] != reviewer:
-            self._leases[cmp] = (reviewer, now)
+        """Hold `pos` for `reviewer` (their other lease ends); someone else's live lease is kept."""
+        with self._lock:
+            now = time.monotonic() if now is None else now
+            cmp = self.comparisons[pos]
+            for k in [k for k, (who, _) in self._leases.items() if who == reviewer and k != cmp]:
+                del self._leases[k]
+            held = self._leases.get(cmp)
+            if held is None or (held[0] != reviewer and now - held[1] > LEASE_S):
+                self._leases[cmp] = (reviewer, now)
+
+    def upcoming(self, reviewer: str, f: Filters, *, limit: int) -> list[int]:
+        """The next `limit` open positions of the filtered queue, without leasing them."""
+        with self._lock:
+            self._state()
+            closed = self._closed(reviewer, time.monotonic())
+            out: list[int] = []
+            for pos in self.view(f):
+                if len(out) >= limit:
+                    break
+                if pos not in closed:
+                    out.append(pos)
+            return out
 
     def progress(self, reviewer: str, f: Filters) -> dict[str, int]:
         with self._lock:
             self._state()
             view = self.view(f)
-            now = time.monotonic()
-            left = sum(1 for pos in view if self._open(reviewer, pos, now))
-            return {"mine": len(self._mine.get(reviewer, {})), "left": left, "total": len(view),
+            closed = self._closed(reviewer, time.monotonic()) & self._views[f][1]
+            return {"mine": len(self._mine.get(reviewer, {})), "left": len(view) - len(closed), "total": len(view),
                     "all": sum(self._votes.values())}
 
     # -- a pair as shown -----------------------------------------------------------------------

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--canaries", type=int, default=0, help="canary pairs (intact vs corrupted answer) mixed into the "
                    "queue (default 0)")
     p.add_argument("--canary-every", type=int, default=15, help="one canary per this many queue positions")
+    p.add_argument("--canary-tables", nargs="+", default=(), metavar="NAME[@V]", help="scores / judgments tables "
+                   "where a judge scored the canaries' corrupted answers (judge accuracy on canaries)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tier and the canary draw")
     p.add_argument("--report", action="store_true", help="print the judge-vs-human report and exit")
     p.add_argument("--json", action="store_true", help="with --report: one JSON document")
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                              ("--canary-every", args.canary_every, 2)):
         if value < low:
             raise UserError(f"{flag} {value} is too small; pass {low} or more")
-    cfg = QueueConfig(canaries=args.canaries, canary_every=args.canary_every, seed=args.seed)
+    cfg = QueueConfig(canaries=args.canaries, canary_every=args.canary_every, seed=args.seed,
+                      canary_tables=tuple(args.canary_tables))
     queue = build_queue(store, ref, cfg)
     if args.report:
         from flows.review.report import format_report, review_report

@@ -115,6 +115,8 @@ class QueueConfig(BaseModel):
     seed: int = Field(0, description="seed of the random tier's order and of the canary draw")
     canaries: int = Field(0, ge=0, description="canary pairs mixed into the queue (0 = none)")
     canary_every: int = Field(15, ge=2, description="one canary after every this many queue positions")
+    canary_tables: tuple[str, ...] = Field((), description="scores / judgments tables (NAME[@V]) where a judge "
+                                           "run scored the canaries' corrupted answers: judge accuracy on canaries")
 
 
 @dataclass
@@ -182,12 +184,15 @@ def _candidates(store: Store, ref: TableRef, rec: dict | None) -> tuple[pl.DataF
     return frame, missing
 
 
-def _parents(store: Store, parents: list[str]) -> dict[str, list[TableRef]]:
+def _parents(store: Store, parents: list[str], *, strict: bool = False) -> dict[str, list[TableRef]]:
+    """Tables by kind; a parent that no longer exists is skipped (strict: an error)."""
     out: dict[str, list[TableRef]] = {}
     for p in parents:
         try:
             r = store.ref(p)
         except StoreError:
+            if strict:
+                raise
             continue
         out.setdefault(store.kind(r.name), []).append(r)
     return out
@@ -233,10 +238,16 @@ def build_queue(store: Store, pairs: TableRef | str, cfg: QueueConfig | None = N
         schema={"sample_id": pl.String, "scorer": pl.String, "score": pl.Float64, "details": pl.String})
     cand = _orient(cand, scores.filter(pl.col("scorer") == (primary or "")))
     cand = _texts(store, cand, by_kind, ref)
+    jd = [store.scan(r) for r in by_kind.get("judgments", [])]
     if cfg.canaries:
         cand = _with_canaries(store, cand, scores, by_kind, cfg)
+        extra = _parents(store, list(cfg.canary_tables), strict=True)
+        can_ids = cand.filter(pl.col("canary"))["rejected_id"].implode()
+        scores = pl.concat([scores, *[store.scan(r).filter(pl.col("sample_id").is_in(can_ids))
+                                      .select(scores.columns).collect() for r in extra.get("scores", [])]])
+        jd += [store.scan(r).filter(pl.col("sample_a").is_in(can_ids) | pl.col("sample_b").is_in(can_ids))
+               for r in extra.get("judgments", [])]
     lf = cand.lazy()
-    jd = [store.scan(r) for r in by_kind.get("judgments", [])]
     sig = [score_signals(lf, scores.lazy())] + ([judge_signals(lf, pl.concat(jd))] if jd else [])
     signals = pl.concat(sig).collect().sort("comparison", "scorer", "order")
     ordered = _order(cand, signals, cfg)
@@ -337,6 +348,20 @@ def _order(cand: pl.DataFrame, signals: pl.DataFrame, cfg: QueueConfig) -> pl.Da
                             .alias("tier_name"))
 
 
+def canary_samples(queue: Queue) -> pl.DataFrame:
+    """The queue's canary answers as `samples` rows (policy `canary`), for a judge run that measures
+    judge accuracy on them (pass its scores / judgments tables as QueueConfig.canary_tables).
+    Write them to their own table: they must never be a pairs stage's samples."""
+    c = queue.candidates.filter(pl.col("canary"))
+    rows = c.select(pl.col("rejected_id").alias("sample_id"), "prompt_id", pl.lit("canary").alias("policy"),
+                    pl.col("chosen_id").alias("policy_revision"), pl.lit(0, pl.Int32).alias("sample_index"),
+                    pl.lit(0, pl.Int64).alias("seed"), pl.lit('{"canary": true}').alias("sampling"),
+                    pl.col("rejected_text").alias("completion"), pl.lit("stop").alias("finish_reason"),
+                    pl.lit(None, pl.Int32).alias("prompt_tokens"), pl.lit(None, pl.Int32).alias("completion_tokens"),
+                    pl.lit(False).alias("is_reference"))
+    return validate(rows, "samples")
+
+
 def record_session(store: Store, table: str, pairs: TableRef, *, decisions: int, config: dict) -> TableRef | None:
     """A lineage record for the reviews version a review server leaves behind (parents: the pairs
     version it served; rows_in: decisions it committed). Nothing when it committed none."""
@@ -346,5 +371,5 @@ def record_session(store: Store, table: str, pairs: TableRef, *, decisions: int,
     return run.finish(rows_in=decisions)
 
 
-__all__ = ["KIND", "TIERS", "Queue", "QueueConfig", "ReviewLog", "build_queue", "default_reviews_table",
-           "record_session", "review_id"]
+__all__ = ["KIND", "TIERS", "Queue", "QueueConfig", "ReviewLog", "build_queue", "canary_samples",
+           "default_reviews_table", "record_session", "review_id"]

@@ -56,6 +56,7 @@ async def _review(page, keys: list[str]) -> list[tuple[str, str]]:
 
 def test_keyboard_review_two_people_reload_and_restart(fx):
     from filters.reviews import decision_of
+    from flows.review.session import page_id
     proc, url = start_server(fx.root, fx.pairs, reviewer="alice")
     assert url.startswith("http://127.0.0.1:")                      # loopback unless --host
 
@@ -91,7 +92,7 @@ def test_keyboard_review_two_people_reload_and_restart(fx):
     for who, seen in (("alice", a), ("bob", b)):
         mine = rows.filter(pl.col("reviewer") == who)
         assert mine.height == 10
-        got = {r["pair_id"]: r for r in mine.iter_rows(named=True)}
+        got = {page_id(r["pair_id"]): r for r in mine.iter_rows(named=True)}   # URLs carry page ids
         for pid, key in seen:
             r = got[pid]
             assert r["choice"] == CHOICE[key] and r["decision"] == decision_of(CHOICE[key], r["shown_first"])

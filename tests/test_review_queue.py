@@ -95,6 +95,33 @@ def test_canaries_are_mixed_in_at_fixed_positions(fx):
     assert (can["chosen_text"] != can["rejected_text"]).all()
 
 
+def test_judge_accuracy_on_planted_canaries(fx):
+    from flows.review.report import review_report
+    from pipelines import keys
+    from pipelines.reviews import QueueConfig, build_queue, canary_samples
+    q = build_queue(fx.store, fx.pairs, QueueConfig(canaries=3))
+    planted = canary_samples(q)
+    assert planted.height == 3 and planted["sample_id"].str.starts_with("canary-").all()
+    fx.store.append("demo.r1.canaries", planted, kind="samples")
+    rm = fx.store.read("demo.r1.scores.rm").select("sample_id", "score")
+    chosen = dict(zip(rm["sample_id"], rm["score"]))
+    can = q.candidates.filter(pl.col("canary"))
+    delta = [-1.0, -1.0, 1.0]              # the rm prefers the corrupted answer on one canary of three
+    rows = [{"score_id": keys.score_id(r["rejected_id"], "rm"), "sample_id": r["rejected_id"],
+             "prompt_id": r["prompt_id"], "scorer": "rm", "score": chosen[r["chosen_id"]] + d}
+            for r, d in zip(can.iter_rows(named=True), delta)]
+    sc = pl.DataFrame(rows).with_columns(pl.lit(None, pl.List(pl.Struct({"name": pl.String, "value": pl.Float64})))
+                                         .alias("attributes"), *[pl.lit(None, t).alias(c) for c, t in
+                                         [("spread", pl.Float64), ("text", pl.String), ("details", pl.String)]])
+    fx.store.append("demo.r1.scores.canary.rm", sc, kind="scores")
+    cfg = QueueConfig(canaries=3, canary_tables=("demo.r1.scores.canary.rm",))
+    rep = review_report(fx.store, fx.pairs, reviews="none.reviews", cfg=cfg)
+    (rm_row,) = rep["canaries"]["scorers"]
+    assert rm_row["scorer"] == "rm" and (rm_row["agreement"]["k"], rm_row["agreement"]["n"]) == (2, 3)
+    with pytest.raises(Exception, match="unknown table 'nope'"):
+        build_queue(fx.store, fx.pairs, QueueConfig(canaries=3, canary_tables=("nope",)))
+
+
 def test_decisions_commit_exactly_once_across_processes(tmp_path):
     root, go = tmp_path / "store", tmp_path / "go"
     from pipelines.store import Store
@@ -172,6 +199,27 @@ def test_app_guards_forms_hosts_and_headers(fx):
     assert "report text" in c.get("/report").text and c.get("/queue").status_code == 200
     rows = ReviewLog(fx.store, "t2.reviews").rows()
     assert rows.select("reviewer", "decision", "note").rows() == [("alice", "tie", "close call")]
+
+
+def test_canary_pages_do_not_give_themselves_away(fx):
+    from fastapi.testclient import TestClient
+    from flows.review.app import create_app
+    from flows.review.session import ReviewSession
+    from pipelines.reviews import QueueConfig, ReviewLog, build_queue
+    q = build_queue(fx.store, fx.pairs, QueueConfig(canaries=2, canary_every=3))
+    s = ReviewSession(q, ReviewLog(fx.store, "t3.reviews"))
+    c = TestClient(create_app(s, default_reviewer="alice", report=lambda: ""), base_url="http://127.0.0.1")
+    pos = q.candidates.with_row_index("i").filter(pl.col("canary"))["i"][0]
+    page = c.get(f"/pair/{s.pages[pos]}")
+    assert page.status_code == 200 and "canary" not in page.text.lower() and "corrupt" not in page.text.lower()
+    assert "canary" not in c.get("/queue").text.lower()
+    for _ in range(4):                                  # the queue reaches the canary under an opaque URL
+        r = c.get("/next")
+        assert "canary" not in str(r.url)
+        token = r.text.split('name="token" value="')[1].split('"')[0]
+        c.post("/decide", data={"token": token, "pair_id": str(r.url).split("/pair/")[1].split("?")[0], "choice": "A"})
+    rows = ReviewLog(fx.store, "t3.reviews").rows()
+    assert rows["canary"].sum() == 1 and rows.filter(pl.col("canary"))["status"].item() == "canary"
 
 
 @pytest.mark.parametrize("ref,msg", [("../x", "invalid table name"), ("store/tables/demo.r1.pairs", "invalid table name"),

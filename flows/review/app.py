@@ -92,7 +92,7 @@ def create_app(session: ReviewSession, *, default_reviewer: str, report: Callabl
         pos = session.next_for(who(request), f)
         if pos is None:
             return page("done.html", request, f)
-        return RedirectResponse(f"/pair/{session.queue.candidates['pair_id'][pos]}?{f.query()}", status_code=303)
+        return RedirectResponse(f"/pair/{session.pages[pos]}?{f.query()}", status_code=303)
 
     @app.get("/pair/{pair_id}")
     def pair(pair_id: str, request: Request) -> Response:

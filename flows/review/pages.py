@@ -64,7 +64,10 @@ def pair_view(session: ReviewSession, pos: int, reviewer: str) -> dict:
                ("pipeline's chosen", f"answer {label['chosen']}"),
                ("model A", answers[0]["model"]), ("model B", answers[1]["model"]),
                ("sample A", answers[0]["id"]), ("sample B", answers[1]["id"]), ("pair id", row["pair_id"])]
-    return {"pair_id": row["pair_id"], "prompt": render_messages(row["prompt"]), "kinds": row["kinds"] or [],
+    if row["canary"]:                   # an attention check must not give itself away in the panel
+        signals, checks, lineage = [], [], lineage[:2]
+        answers = [{**a, "model": "—", "id": "—"} for a in answers]
+    return {"pair_id": session.pages[pos], "prompt": render_messages(row["prompt"]), "kinds": row["kinds"] or [],
             "answers": answers, "signals": signals, "checks": checks, "lineage": lineage, "canary": row["canary"]}
 
 
@@ -91,7 +94,9 @@ def queue_rows(session: ReviewSession, reviewer: str, f: Filters, *, limit: int 
     c = session.queue.candidates
     for pos in session.upcoming(reviewer, f, limit=limit):
         r = c.row(pos, named=True)
-        out.append({"pair_id": r["pair_id"], "tier": r["tier_name"], "status": _status(r),
+        if r["canary"]:                  # attention checks come up in the queue, not in this list
+            continue
+        out.append({"pair_id": session.pages[pos], "tier": r["tier_name"], "status": _status(r),
                     "margin": _fmt(r["margin"]), "ratio": _fmt(r["length_ratio"]),
                     "kinds": ", ".join(r["kinds"] or []), "prompt": _first_words(r["prompt"])})
     return out

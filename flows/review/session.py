@@ -28,6 +28,11 @@ LEASE_S = 600.0
 NOTE_MAX = 2000
 
 
+def page_id(pair_id: str) -> str:
+    """The pair's id in page URLs: opaque, so a canary's id does not show in the address bar."""
+    return keys.content_hash("review-page", pair_id)[:24]
+
+
 @dataclass(frozen=True)
 class Filters:
     """Queue filters from the page's query string (empty = any)."""
@@ -66,7 +71,9 @@ class ReviewSession:
         c = queue.candidates
         self.comparisons: list[str] = c["comparison"].to_list()
         self.canary: list[bool] = c["canary"].to_list()
-        self.position = {p: i for i, p in enumerate(c["pair_id"].to_list())}
+        pair_ids = c["pair_id"].to_list()
+        self.pages = [page_id(p) for p in pair_ids]
+        self.position = {**{p: i for i, p in enumerate(pair_ids)}, **{p: i for i, p in enumerate(self.pages)}}
         self._pos_of = {cmp: i for i, cmp in enumerate(self.comparisons)}
         self._lock = threading.RLock()
         self._leases: dict[str, tuple[str, float]] = {}       # comparison -> (reviewer, since)
@@ -168,8 +175,8 @@ class ReviewSession:
         return "chosen" if int(h[:8], 16) % 2 == 0 else "rejected"
 
     def decide(self, reviewer: str, pair_id: str, choice: str, note: str = "") -> tuple[bool, str]:
-        """Commit one decision. Returns (written, decision); written is False when this reviewer
-        had already decided the pair (nothing is written twice)."""
+        """Commit one decision on a pair (its pair_id or page id). Returns (written, decision);
+        written is False when this reviewer had already decided the pair (nothing is written twice)."""
         pos = self.position.get(pair_id)
         if pos is None:
             raise ValueError(f"unknown pair {pair_id!r}; it is not in the queue of {self.queue.ref}")

@@ -17,8 +17,13 @@ import argparse
 import getpass
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from flows.cli import UserError
+
+if TYPE_CHECKING:
+    from pipelines.reviews import Queue, QueueConfig, ReviewLog
+    from pipelines.store import Store
 
 
 def register(subparsers) -> None:
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                              ("--canary-every", args.canary_every, 2)):
         if value < low:
             raise UserError(f"{flag} {value} is too small; pass {low} or more")
+    if args.canary_tables and not args.canaries:
+        raise UserError("--canary-tables needs --canaries N (the canaries whose scores those tables hold)")
     cfg = QueueConfig(canaries=args.canaries, canary_every=args.canary_every, seed=args.seed,
                       canary_tables=tuple(args.canary_tables))
     queue = build_queue(store, ref, cfg)
@@ -76,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     return _serve(args, store, queue, ReviewLog(store, reviews), reviewer=_reviewer(args), cfg=cfg)
 
 
-def _serve(args, store, queue, log, *, reviewer: str, cfg) -> int:  # noqa: ANN001 - internal, typed at the call
+def _serve(args: argparse.Namespace, store: Store, queue: Queue, log: ReviewLog, *, reviewer: str,
+           cfg: QueueConfig) -> int:
     from flows.review.app import create_app, serve
     from flows.review.report import format_report, review_report
     from flows.review.session import ReviewSession

@@ -85,6 +85,14 @@ def test_queue_holds_kept_and_dropped_pairs_in_dispute_order(fx):
     assert sig["verdict"].n_unique() == 2                                    # both orders shown, they disagree
 
 
+def test_a_pairs_table_without_lineage_queues_its_kept_rows(fx):
+    from pipelines.reviews import build_queue
+    fx.store.append("raw.pairs", fx.store.read(fx.pairs), kind="pairs")
+    q = build_queue(fx.store, "raw.pairs")
+    assert q.candidates.height == fx.store.count(fx.pairs) and set(q.candidates["status"]) == {"kept"}
+    assert q.notes and "no lineage record" in q.notes[0] and q.candidates["chosen_text"].null_count() == 0
+
+
 def test_canaries_are_mixed_in_at_fixed_positions(fx):
     from pipelines.reviews import QueueConfig, build_queue
     q = build_queue(fx.store, fx.pairs, QueueConfig(canaries=3, canary_every=5))
@@ -236,6 +244,7 @@ def test_cli_rejects_bad_tables_with_one_line(fx, capsys, ref, msg):
 @pytest.mark.parametrize("extra,msg", [(["--reviewer", "a b"], "reviewer name 'a b' is not allowed"),
                                        (["--canaries", "-1"], "--canaries -1 is too small"),
                                        (["--per-pair", "0"], "--per-pair 0 is too small"),
+                                       (["--canary-tables", "x"], "--canary-tables needs --canaries"),
                                        (["--reviews", "../escape"], "invalid table name"),
                                        (["--port", "99999"], "cannot listen on 127.0.0.1:99999")])
 def test_cli_rejects_bad_options_with_one_line(fx, capsys, extra, msg):

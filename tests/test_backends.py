@@ -135,3 +135,25 @@ def test_vllm_n_samples_and_engine_seed(vllm_backend):
     assert all(c.completion_tokens == 8 or c.finish_reason == "stop" for o in a for c in o)
     assert vllm_backend.generate(CONVS, s) == a                 # reseeded per call
     assert vllm_backend.generate([], s) == []
+
+
+def test_kind_table_and_capabilities(tiny_model_dir):
+    from typing import get_args
+
+    from generators.backends.factory import KINDS, BackendKind
+
+    assert set(get_args(BackendKind)) == set(KINDS)            # one table: every kind has a row
+    caps = {k: (BackendConfig(kind=k, model=str(tiny_model_dir)).remote,
+                BackendConfig(kind=k, model=str(tiny_model_dir)).serves_trained_models,
+                BackendConfig(kind=k, model=str(tiny_model_dir)).local_model_folder) for k in KINDS}
+    assert caps == {"vllm": (False, True, True), "transformers": (False, True, True),
+                    "openai": (True, False, False), "vllm_server": (False, True, True)}
+    local = BackendConfig(kind="transformers", model=str(tiny_model_dir))
+    assert local.in_process and local.managed and local.supports_guided
+    assert local.for_model(tiny_model_dir) is local and local.model_folder() == tiny_model_dir
+    assert local.for_model("/models/r1").model == "/models/r1"
+    endpoint = BackendConfig(kind="openai", model="served")
+    assert not endpoint.managed and not endpoint.in_process and endpoint.model_folder() is None
+    assert not BackendConfig(kind="openai", guided_fields="none").supports_guided
+    with pytest.raises(ValueError, match="cannot serve the newly trained model"):
+        endpoint.for_model("/models/r1")

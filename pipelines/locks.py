@@ -1,8 +1,12 @@
 """Advisory inter-process locks on store tables (one host): an exclusive `fcntl.flock` on a lock
 file, re-entrant within a thread and shared correctly by the threads of one process. StageRun
 holds a table's lock while it checks committed keys and commits a batch, so two writers of the
-same rows on this host store each key once. Writers on other hosts still get Delta's atomic
-commits, but not this exactly-once guarantee (docs/data-model.md).
+same rows on this host store each key once. For a local store the lock files live under the
+store root; for an object store under <cache>/locks/<bucket>-<hash>/ on each host. Writers on other
+hosts do not see these locks: on a local (or NFS) root they still get Delta's atomic commits but
+not this exactly-once guarantee (docs/data-model.md); on an object store each commit is a
+conditional put one version ahead of what the writer last read, and the loser of a race drops the
+keys the winner committed before retrying (pipelines/commit.py), so keys stay exactly-once there.
 """
 from __future__ import annotations
 

@@ -70,9 +70,16 @@ def test_guard_stops_its_server_when_the_parent_is_sigkilled(tmp_path):
 
 
 def test_guard_passes_the_exit_code_of_a_server_that_dies():
-    r = subprocess.run([sys.executable, "-m", "generators.backends.server_guard", "--", sys.executable, "-c",
-                        "raise SystemExit(3)"], stdin=subprocess.PIPE, cwd=ROOT, timeout=60)
-    assert r.returncode == 3
+    guard = subprocess.Popen([sys.executable, "-m", "generators.backends.server_guard", "--", sys.executable, "-c",
+                              "import time; time.sleep(2); raise SystemExit(3)"], stdin=subprocess.PIPE, cwd=ROOT)
+    assert guard.wait(timeout=60) == 3
+    guard.stdin.close()
+    # EOF on stdin (the caller closed it) stops the server; the caller's own process group is untouched.
+    guard = subprocess.Popen([sys.executable, "-m", "generators.backends.server_guard", "--", sys.executable, "-c",
+                              "import time; time.sleep(600)"], stdin=subprocess.PIPE, cwd=ROOT)
+    time.sleep(2)
+    guard.stdin.close()
+    assert guard.wait(timeout=60) in (0, -9) and wait_gone(guard.pid, 30) == []
     r = subprocess.run([sys.executable, "-m", "generators.backends.server_guard"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "no command" in r.stderr

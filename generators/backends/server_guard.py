@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         ap.error("no command; usage: python -m generators.backends.server_guard -- CMD ...")
+    if os.getpgid(0) != os.getpid():
+        os.setpgid(0, 0)         # lead a process group of our own: the final SIGKILL must not hit the caller's
     parent = os.getppid()
     stop = {"now": False}
 

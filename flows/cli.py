@@ -2,7 +2,9 @@
 
 Each command lives in its own module under flows/ and exposes `register(subparsers)`, which adds
 its parser and sets `func=<callable(args) -> int>`. Known errors (bad input) print one line on
-stderr and exit 2 without a traceback; `PREFMILL_DEBUG=1` shows the traceback.
+stderr and exit 2 without a traceback; any other error prints one line naming a log file that
+holds the full traceback (~/.cache/prefmill/logs or $PREFMILL_LOG_DIR) and exits 1;
+`PREFMILL_DEBUG=1` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 COMMAND_MODULES = (
     "flows.cmd_datasets",
@@ -33,7 +37,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [UserError, FileNotFoundError, PermissionError]
     for mod, name in [("pipelines.store", "StoreError"), ("pipelines.schemas", "SchemaError"),
                       ("generators.backends.base", "BackendError"), ("generators.templates", "TemplateError"),
-                      ("pydantic", "ValidationError")]:
+                      ("pydantic", "ValidationError"), ("pipelines.scorer_check", "ScorerCheckError"),
+                      ("flows.loop", "RunFailed")]:
         try:
             errs.append(getattr(importlib.import_module(mod), name))
         except (ImportError, AttributeError):
@@ -61,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _env_defaults() -> None:
+def _env_defaults(verbose: bool = False) -> None:
     """The ephemeral Prefect API starts in-process; on a loaded 2-core machine it needs longer
     than Prefect's default 20 s. Analytics would try the network. Both only if unset."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -72,10 +77,34 @@ def _env_defaults() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     # vLLM's engine in this process: starts in seconds on CPU and lets the backend reseed it.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM logs every engine step at INFO; only warnings unless -v.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+
+
+def _crash_log(exc: BaseException) -> Path:
+    """Write the full traceback of an unexpected error to a log file; return its path."""
+    import datetime
+    import traceback
+
+    folder = Path(os.environ.get("PREFMILL_LOG_DIR") or Path.home() / ".cache" / "prefmill" / "logs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    path = folder / f"prefmill-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    _env_defaults()
+    argv = sys.argv[1:] if argv is None else argv
+    _env_defaults(verbose=any(a in ("-v", "--verbose") for a in argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -91,9 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     except _known_errors() as e:
         if os.environ.get("PREFMILL_DEBUG"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"prefmill: error: {msg}", file=sys.stderr)
+        print(f"prefmill: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - anything else: one line here, the whole trace in a log file
+        if os.environ.get("PREFMILL_DEBUG"):
+            raise
+        cause = e
+        while cause.__cause__ is not None and isinstance(cause, RuntimeError) and not str(cause).strip():
+            cause = cause.__cause__
+        if isinstance(cause, _known_errors()):
+            print(f"prefmill: error: {_one_line(cause)}", file=sys.stderr)
+            return 2
+        log_path = _crash_log(e)
+        print(f"prefmill: error: {type(e).__name__}: {_one_line(e)} (full trace: {log_path})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", action="append", default=[], metavar="NAME=FRACTION",
                    help="held-out split by prompt hash, e.g. test=0.05 (repeatable); the rest is train")
     p.add_argument("--seed", type=int, default=0, help="salt of the split hash (default 0)")
-    p.add_argument("--store", default=None, help="store folder (default $PREFMILL_STORE or ./store)")
+    p.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=run)
 

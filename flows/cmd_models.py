@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
     q.add_argument("name", help="built-in model name, e.g. smollm2")
     q.set_defaults(func=cmd_pull)
     q = cmds.add_parser("list", help="built-in models and the models registered in a store")
-    q.add_argument("--store", default=None, help="store folder (default: $PREFMILL_STORE or ./store)")
+    q.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     q.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     q.set_defaults(func=cmd_list)
 

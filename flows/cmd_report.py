@@ -12,7 +12,7 @@ from flows.report import write_report
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="write an HTML + Markdown report of the runs in a store",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=None, help="store folder (default $PREFMILL_STORE or ./store)")
+    p.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     p.add_argument("--out", required=True, type=Path, help="report folder (report.html, report.md, figures/)")
     p.add_argument("--recipe", default=None, help="only tables of this recipe (named RECIPE.*)")
     p.add_argument("--title", default=None, help="report title")

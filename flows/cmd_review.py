@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("review", help="review disputed pairs in a local web page, or print the judge-vs-human "
                               "report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ref", metavar="TABLE[@VERSION]", help="pairs table to review (latest version when no @V)")
-    p.add_argument("--store", default=None, help="store folder (default $PREFMILL_STORE or ./store)")
+    p.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--reviewer", default=None, help="reviewer id (default: the OS user); each browser can change it")

@@ -1,38 +1,57 @@
-"""`prefmill run RECIPE [--store DIR] [--set key.path=value ...] [--dry-run]`.
+"""`prefmill run RECIPE [--store DIR] [--set key.path=value ...] [--limit N] [--dry-run [--json]]`.
 
-Runs a recipe as a Prefect flow (ephemeral local API unless PREFECT_API_URL points at a server).
-An interrupted run resumes from the store on the next invocation: every committed batch is kept.
+Runs a recipe's plan as a Prefect flow (ephemeral local API unless PREFECT_API_URL points at a
+server). An interrupted run resumes from the store on the next invocation: every committed batch
+is kept. `--limit N` runs the whole recipe on its first N prompts under its own table names
+(`NAME-nN.*`), so a quick try never mixes with a full run. Exit codes: 0 done (or a clean budget
+stop), 1 the run produced nothing to train on (the drops are printed), 2 bad input.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
-from flows.recipe import load_recipe
+from flows.recipe import RecipeError, load_recipe
+
+
+def _limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--limit {text!r}: use a positive whole number of prompts, e.g. --limit 8")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--limit {n}: use a positive number of prompts, e.g. --limit 8")
+    return n
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a recipe (the whole iterative loop)", description=__doc__.splitlines()[0])
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/quickstart.yaml")
-    p.add_argument("--store", default=None, help="store folder (default: $PREFMILL_STORE or ./store)")
+    p.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a recipe value, e.g. --set sampling.n=8 (repeatable)")
+    p.add_argument("--limit", type=_limit, default=None, metavar="N",
+                   help="run the whole recipe on its first N prompts, under table names NAME-nN.*")
     p.add_argument("--dry-run", action="store_true", help="print the stage plan with estimated generations/tokens; write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, overrides=args.overrides)
+    if args.json and not args.dry_run:
+        raise RecipeError("--json goes with --dry-run (a run prints its summary); add --dry-run or drop --json")
+    recipe = load_recipe(args.recipe, overrides=args.overrides, limit=args.limit)
     if args.dry_run:
-        from flows.plan import format_plan, plan, plan_json
+        from flows.plan import compile_plan, format_plan, plan_json
 
-        stages = plan(recipe)
-        print(json.dumps(plan_json(stages), indent=2) if args.json else format_plan(recipe, stages))
+        plan = compile_plan(recipe)
+        print(plan_json(plan) if args.json else format_plan(recipe, plan))
         return 0
     from flows.loop import run_recipe
 
     result = run_recipe(recipe, store=args.store, recipe_path=args.recipe)
     print(result.summary())
-    return 0 if result.ok else 1
-
+    if result.failed:
+        print(f"prefmill: error: {result.failed}", file=sys.stderr)
+        return 1
+    return 0

@@ -16,11 +16,11 @@ from pathlib import Path
 
 def _scorer(text: str):
     from flows.cli import UserError
-    from generators.scorers.config import KINDS, load_scorer_config, parse_scorer_config
+    from generators.scorers.config import kinds, load_scorer_config, parse_scorer_config
 
     if Path(text).is_file():
         return load_scorer_config(text)
-    if text in KINDS:
+    if text in kinds():
         from pydantic import ValidationError
 
         try:
@@ -30,7 +30,7 @@ def _scorer(text: str):
             raise UserError(f"scorer kind {text!r} needs settings ({', '.join(fields)}); write them in a YAML "
                             f"file (kind: {text}) and pass its path") from None
     raise UserError(f"scorer {text!r} is neither a YAML file nor a scorer kind; pass a path to a YAML config "
-                    f"or one of: {', '.join(KINDS)}")
+                    f"or one of: {', '.join(kinds())}")
 
 
 def register(subparsers) -> None:
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     c.add_argument("--prompts", default=None, metavar="NAME[@VERSION]",
                    help="prompts table (constraints / references for rule scorers and critiques)")
     c.add_argument("--min-accuracy", type=float, default=None, help="exit 1 if accuracy is below this")
-    c.add_argument("--store", default=None, help="store folder (default $PREFMILL_STORE or ./store)")
+    c.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     c.add_argument("--json", action="store_true", help="print the result as one JSON object")
     c.set_defaults(func=run_check)
 

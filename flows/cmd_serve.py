@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("recipe", type=Path, help="recipe YAML, e.g. recipes/quickstart.yaml")
     p.add_argument("--cron", required=True, metavar="EXPR", help="cron schedule, e.g. '0 3 * * *' (03:00 daily)")
     p.add_argument("--name", default=None, help="deployment name (default: the recipe's name)")
-    p.add_argument("--store", default=None, help="store folder (default $PREFMILL_STORE or ./store)")
+    p.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="recipe override applied to every scheduled run (repeatable)")
     p.add_argument("--timezone", default="UTC", help="IANA timezone of the cron expression (default UTC)")

@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
 from generators.backends.factory import BackendConfig
-from generators.scorers.config import ScorerConfig
+from generators.scorers.base import ScorerConfigBase
+from generators.scorers.config import ScorerConfig, config_classes
 from generators.scorers.rules import RuleInstructionsConfig
+from pipelines.dialogue import DialogueConfig
 from pipelines.evals import EvalConfig
+from pipelines.pair_strategies import strategy
 from pipelines.pairs import PairsConfig
 from pipelines.prompts import PromptWriteConfig, RewriteConfig, TopicTreeConfig
 from pipelines.seeds import ConstraintConfig, PromptDedupConfig, SeedImportConfig
 from pipelines.sampling import SamplingStageConfig
+from pipelines.steps import StepsConfig
 from trainers.config import PreferenceConfig, RewardModelConfig, RFTConfig
 
 
@@ -43,38 +47,102 @@ class PromptsSection(Strict):
     evolve: RewriteConfig | None = Field(None, description="Evol-Instruct pass (add constraints, deepen, concretize)")
     constraints: ConstraintConfig | None = Field(None, description="attach machine-checkable instruction constraints")
     dedup: PromptDedupConfig = Field(default_factory=PromptDedupConfig, description="exact + near-duplicate prompt removal")
-    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of prompts kept out of training for evaluation (by prompt hash)")
+    dialogue: DialogueConfig | None = Field(None, description="turn each prompt into a multi-turn dialogue (the "
+                                            "policy, or a user-simulator model, writes the user turns)")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="share of prompts kept out of training as the test "
+                                    "split (split=heldout, by prompt hash); evals run on it")
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts kept out of training and of "
+                                       "the test split, for tuning (split=validation)")
+    limit: int | None = Field(None, ge=1, description="use only this many prompts (set by `prefmill run --limit N`; "
+                              "the held-out split keeps at least one prompt when rounds train)")
 
     @model_validator(mode="after")
     def _check(self):
         if not self.seeds and not self.topics:
             raise ValueError("prompts needs a source: set prompts.seeds.path or prompts.topics")
-        for name in ("seeds", "write", "refine", "evolve", "constraints"):
+        for name in ("seeds", "write"):
             sub = getattr(self, name)
-            if sub is not None and "heldout_fraction" in sub.model_fields_set:
-                raise ValueError(f"set prompts.heldout_fraction, not prompts.{name}.heldout_fraction (one split for all prompt stages)")
+            for key in ("heldout_fraction", "validation_fraction"):
+                if sub is not None and key in sub.model_fields_set:
+                    raise ValueError(f"set prompts.{key}, not prompts.{name}.{key} (one split for all prompt stages)")
         if self.refine is not None and self.refine.kind != "refine":
             raise ValueError("prompts.refine.kind must be 'refine' (use prompts.evolve for evolution)")
         if self.evolve is not None and self.evolve.kind != "evolve":
             raise ValueError("prompts.evolve.kind must be 'evolve'")
+        if self.heldout_fraction + self.validation_fraction >= 1:
+            raise ValueError(f"heldout_fraction + validation_fraction = {self.heldout_fraction + self.validation_fraction:g}"
+                             " leaves no training prompts; keep their sum below 1")
         return self
 
     def stage(self, name: str):
-        """A sub-stage config with the recipe-wide held-out fraction applied."""
+        """A sub-stage config; the prompt sources (seeds, write) get the recipe-wide split fractions
+        (derived prompts keep their parent's split)."""
         sub = getattr(self, name)
-        return None if sub is None else sub.model_copy(update={"heldout_fraction": self.heldout_fraction})
+        if sub is None or name not in ("seeds", "write"):
+            return sub
+        return sub.model_copy(update={"heldout_fraction": self.heldout_fraction,
+                                      "validation_fraction": self.validation_fraction})
 
 
 class DPOTraining(PreferenceConfig):
+    """Training section for the DPO family and KTO. What a trainer needs is asked of this class
+    (`consumes`, `needs_reference`, `train`), never by comparing trainer names."""
+
     trainer: Literal["dpo"] = Field("dpo", description="DPO family / KTO on the round's pairs")
+
+    @property
+    def consumes(self) -> str:
+        return "unpaired" if self.loss == "kto" else "pairs"
+
+    @property
+    def needs_reference(self) -> bool:
+        return not self.reference_free
+
+    def describe(self) -> str:
+        return f"{self.trainer_name} lr={self.learning_rate:g} epochs={self.epochs:g}"
+
+    def train(self, store, **kwargs):
+        from trainers.dpo import train_dpo
+
+        return train_dpo(store, config=self, **kwargs)
 
 
 class RFTTraining(RFTConfig):
     trainer: Literal["rft"] = Field("rft", description="rejection-sampling fine-tuning on top-scored samples")
 
+    @model_validator(mode="after")
+    def _one_selection(self):
+        for key in ("top_k", "min_score"):
+            if key in self.model_fields_set:
+                raise ValueError(f"set pairs.{key}, not training.{key}: RFT rows are selected once, in the pairs "
+                                 "stage (pairs.strategy: rft_topk)")
+        return self
+
+    consumes: ClassVar[str] = "sft"
+    needs_reference: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"rft lr={self.learning_rate:g} epochs={self.epochs:g}"
+
+    def train(self, store, *, reference=None, **kwargs):
+        from trainers.rft import train_rft
+
+        return train_rft(store, config=self, **kwargs)
+
 
 class RMTraining(RewardModelConfig):
     trainer: Literal["reward"] = Field("reward", description="reward-model training from pairs")
+
+    consumes: ClassVar[str] = "pairs"
+    needs_reference: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"reward model lr={self.learning_rate:g} epochs={self.epochs:g}"
+
+    def train(self, store, *, reference=None, **kwargs):
+        from trainers.reward import train_reward_model
+
+        return train_reward_model(store, config=self, **kwargs)
 
 
 Training = Annotated[DPOTraining | RFTTraining | RMTraining, Field(discriminator="trainer")]
@@ -98,8 +166,10 @@ class RoundsSection(Strict):
 
 
 class EvalSection(EvalConfig):
-    reward_model: str | None = Field(None, description="reward-model folder for the mean-reward metric")
-    judge: str | None = Field(None, description="judge model (id or folder) for the win-rate vs the previous round")
+    judge: str | None = Field(None, description="name of a pairwise scorer in `scoring`: each round's answers "
+                              "are judged against the previous round's, in both orders (win_rate_vs_previous)")
+    scorers: tuple[str, ...] = Field((), description="names of point scorers in `scoring` whose mean score on the "
+                                     "eval answers is reported per round (mean_score.NAME)")
 
 
 class BudgetSection(Strict):
@@ -129,8 +199,10 @@ class Recipe(Strict):
     policy: BackendConfig = Field(default_factory=BackendConfig, description="the initial policy and the engine that samples it")
     prompts: PromptsSection
     sampling: SamplingStageConfig = Field(default_factory=SamplingStageConfig, description="how each round samples the policy")
+    steps: StepsConfig | None = Field(None, description="label each sample's reasoning steps (process supervision)")
     scoring: list[ScorerConfig] = Field(default_factory=lambda: [RuleInstructionsConfig()],
-                                        description="scorers run on every round's samples; the pairs use `pairs.scorer` or the first")
+                                        description="named scorers run on every round's samples (`name:`, default: "
+                                        "the kind); pairs, agreement, ensembles and eval refer to them by name")
     pairs: PairsConfig = Field(default_factory=PairsConfig, description="consistency filters and pair strategy")
     training: Training = Field(default_factory=DPOTraining, description="trainer of each round")
     rounds: RoundsSection = Field(default_factory=RoundsSection)
@@ -141,16 +213,60 @@ class Recipe(Strict):
 
     _fill_trainer = model_validator(mode="before")(_default_training)
 
+    def scorer(self, name: str) -> ScorerConfigBase:
+        """The scoring entry with this name."""
+        for sc in self.scoring:
+            if sc.ref_name() == name:
+                return sc
+        raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _names(self):
+        names = [sc.ref_name() for sc in self.scoring]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"scoring: two scorers are named {dup[0]!r}; give each a distinct `name:`")
+        point = [sc.ref_name() for sc in self.scoring if not sc.pairwise]
+
+        def known(path: str, name: str | None, pool: list[str], what: str) -> None:
+            if name is not None and name not in pool:
+                raise ValueError(f"{path}: no {what} named {name!r} in `scoring`; known: {', '.join(pool) or 'none'}")
+
+        known("pairs.scorer", self.pairs.scorer, point, "point scorer")
+        known("pairs.agreement_scorer", self.pairs.agreement_scorer, point, "point scorer")
+        members_pool = [n for n in point if not self.scorer(n).combines]
+        for i, sc in enumerate(self.scoring):
+            if sc.combines:
+                for m in sc.members:
+                    known(f"scoring.{i}.members", m, members_pool, "point scorer (not an ensemble)")
+        known("eval.judge", self.eval.judge, [sc.ref_name() for sc in self.scoring if sc.pairwise], "pairwise scorer")
+        for m in self.eval.scorers:
+            known("eval.scorers", m, [n for n in point if not self.scorer(n).combines], "point scorer")
+        return self
+
     @model_validator(mode="after")
     def _consistent(self):
-        if not self.scoring and self.pairs.strategy not in ("spin_pairs",):
+        spec = strategy(self.pairs.strategy)
+        point = [sc for sc in self.scoring if not sc.pairwise]
+        judged = [sc for sc in self.scoring if sc.pairwise]
+        if spec.needs_scores and not point and not (spec.accepts_judgments and judged):
             raise ValueError(f"pairs.strategy {self.pairs.strategy!r} needs at least one scorer under `scoring`")
-        if self.pairs.strategy == "spin_pairs" and self.sampling.mode != "spin":
-            raise ValueError("pairs.strategy spin_pairs needs sampling.mode: spin (gold answers as samples)")
+        if spec.needs_reference_samples and self.sampling.mode != "spin":
+            raise ValueError(f"pairs.strategy {self.pairs.strategy} needs sampling.mode: spin (gold answers as samples)")
+        if spec.needs_steps and self.steps is None:
+            raise ValueError(f"pairs.strategy {self.pairs.strategy} needs a `steps:` section (step labels)")
         if self.sampling.mode == "spin" and not (self.prompts.seeds and self.prompts.seeds.reference_column):
             raise ValueError("sampling.mode spin needs gold answers: set prompts.seeds.reference_column")
-        if self.training.trainer == "rft" and self.pairs.strategy != "rft_topk" and self.rounds.count > 0:
-            raise ValueError("training.trainer rft trains on sft rows: set pairs.strategy: rft_topk")
+        if self.rounds.count > 0 and spec.output_kind != self.training.consumes:
+            raise ValueError(f"training.trainer {self.training.trainer} trains on {self.training.consumes} rows but "
+                             f"pairs.strategy {self.pairs.strategy} makes {spec.output_kind} rows; pick a matching "
+                             "strategy (rft -> rft_topk, kto loss -> kto_unpaired)")
+        if self.rounds.count > 0 and not self.policy.serves_trained_models:
+            raise ValueError(f"policy.kind {self.policy.kind} cannot serve the model a round trains (the endpoint "
+                             "keeps serving its own model, so later rounds would be mislabelled); use kind vllm, "
+                             "transformers or vllm_server, or rounds.count: 0 for data only")
+        if len(judged) > 1:
+            raise ValueError("scoring: at most one pairwise scorer per recipe (its judgments feed the pairs stage)")
         return self
 
 
@@ -190,19 +306,35 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
+        # scoring entries are validated through the scorer-kind registry
+        return list(config_classes()) if annotation is ScorerConfigBase else [annotation]
     return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The model that owns the last key of an error location (walks lists and tagged unions)."""
+def _pick_tagged(models: list[type[BaseModel]], node: Any) -> list[type[BaseModel]]:
+    """Of several union members, the one whose `kind` / `trainer` default the input names."""
+    if len(models) < 2 or not isinstance(node, dict):
+        return models
+    picked = [m for m in models for tag in ("kind", "trainer")
+              if tag in m.model_fields and tag in node and m.model_fields[tag].default == node[tag]]
+    return picked or models
+
+
+def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
+    """The model that owns the last key of an error location (walks lists and tagged unions,
+    following the input data to pick a union member)."""
     models: list[type[BaseModel]] = [Recipe]
+    node = data
     for part in loc[:-1]:
-        if isinstance(part, int):
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            models = _pick_tagged(models, node)
             continue
         owners = [m for m in models if part in m.model_fields]
         if owners:
             models = _models_in(owners[0].model_fields[part].annotation)
+            node = node.get(part) if isinstance(node, dict) else None
+            models = _pick_tagged(models, node)
             continue
         tagged = [m for m in models if any(f.default == part for f in m.model_fields.values())]
         if not tagged:
@@ -211,23 +343,37 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return models[0] if models else None
 
 
-def _explain(err: ValidationError, source: str) -> str:
+def _shown_path(loc: tuple, data: Any) -> str:
+    """The error location as the user wrote it: union tags pydantic inserts are left out."""
+    parts, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, list) and isinstance(part, int):
+            parts.append(str(part))
+            node = node[part] if part < len(node) else None
+        elif isinstance(node, dict) and part in node or i == len(loc) - 1 or not isinstance(node, dict):
+            parts.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def _explain(err: ValidationError, source: str, data: Any = None) -> str:
     e = err.errors()[0]
     loc = tuple(e["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = _shown_path(loc, data) if loc else ""
     if e["type"] == "extra_forbidden":
-        parent = _model_at(loc)
+        parent = _model_at(loc, data)
         hint = ""
         if parent is not None:
             close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(parent.model_fields)}"
         return f"{source}: unknown key {path}{hint}"
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-    return f"{source}: {path}: {e['msg']}{got}{more}"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
+    return f"{source}: {path + ': ' if path else ''}{msg}{got}{more}"
 
 
-def load_recipe(path: str | Path, *, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, *, overrides: list[str] | None = None, limit: int | None = None) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe {str(p)!r} not found; pass a YAML file such as recipes/quickstart.yaml")
@@ -243,8 +389,9 @@ def load_recipe(path: str | Path, *, overrides: list[str] | None = None) -> Reci
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(_explain(e, str(p))) from None
-    return _resolve_paths(recipe, p)
+        raise RecipeError(_explain(e, str(p), data)) from None
+    recipe = _resolve_paths(recipe, p)
+    return apply_limit(recipe, limit) if limit is not None else recipe
 
 
 def _resolve_paths(recipe: Recipe, recipe_file: Path) -> Recipe:
@@ -261,3 +408,31 @@ def _resolve_paths(recipe: Recipe, recipe_file: Path) -> Recipe:
                           "point it at a JSONL/Parquet file or a saved HF dataset folder")
     new_seeds = seeds.model_copy(update={"path": str(path)})
     return recipe.model_copy(update={"prompts": recipe.prompts.model_copy(update={"seeds": new_seeds})})
+
+
+def apply_limit(recipe: Recipe, limit: int) -> Recipe:
+    """The recipe on its first `limit` prompts (`prefmill run --limit N`): seed files are read up
+    to a few times N rows (so the held-out split is not empty), topic trees are shrunk to about N
+    prompts, the final prompt set is capped at N, and the recipe's name gets a `-nN` suffix, so
+    its tables, models, export and report never mix with a full run's."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise RecipeError(f"--limit {limit!r}: use a positive number of prompts, e.g. --limit 8")
+    suffix = f"-n{limit}"
+    name = recipe.name[:41 - len(suffix)] + suffix
+    p = recipe.prompts
+    upd: dict[str, Any] = {"limit": limit}
+    if p.seeds is not None:
+        upd["seeds"] = p.seeds.model_copy(update={"limit": min(p.seeds.limit or 10**9, max(4 * limit, limit + 16))})
+    if p.topics is not None:
+        t = p.topics
+        n_macro = min(len(t.macro_topics) or t.n_macro, max(1, limit // 4))
+        topics = t.model_copy(update={"n_macro": n_macro, "macro_topics": t.macro_topics[:n_macro],
+                                      "n_subtopics": min(t.n_subtopics, 2)})
+        leaves = n_macro * max(topics.n_subtopics, 1) * len(p.write.task_types)
+        upd["topics"] = topics
+        upd["write"] = p.write.model_copy(update={"n_prompts": max(1, min(p.write.n_prompts, -(-2 * limit // leaves)))})
+    out: dict[str, Any] = {"name": name, "prompts": p.model_copy(update=upd)}
+    if recipe.export is not None:
+        out["export"] = recipe.export.model_copy(update={"out": recipe.export.out.rstrip("/") + suffix})
+    out["report"] = recipe.report.model_copy(update={"out": recipe.report.out.rstrip("/") + suffix})
+    return recipe.model_copy(update=out)

@@ -102,7 +102,7 @@ def serve_recipe(cfg: ServeConfig) -> None:
         raise UserError(f"--limit {cfg.limit}: must be at least 1")
     recipe_path = Path(cfg.recipe).resolve()
     recipe = load_recipe(recipe_path, overrides=list(cfg.overrides))  # fail now, not at 03:00
-    store_root = Store(cfg.store).root.resolve()
+    store_root = Store(cfg.store).location
     flow = load_recipe_flow()
     serve_flow(flow, name=cfg.name or recipe.name, schedule=schedule, limit=cfg.limit,
                parameters={"recipe_path": str(recipe_path), "store": str(store_root), "overrides": list(cfg.overrides)})

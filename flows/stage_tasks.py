@@ -1,177 +1,293 @@
-"""The stage tasks of a recipe run: prompts, sample, score, pairs, train, eval. Each reads pinned
-versions named by its arguments, runs one pipelines/trainers stage and returns `table@version`
-(or a model path). Loaded engines come from the run's EnginePool (flows/engines.py).
+"""The runners of the plan's stage kinds: each takes the run context and one StageSpec, runs one
+pipelines/trainers stage on the pinned versions its inputs completed, and returns the new
+`table@version` (or a model folder). flows/loop.py runs each spec as a Prefect task named by
+the spec's id. Loaded engines come from the run's EnginePool (flows/engines.py).
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import get_run_logger
-
-from flows.budget import Budget, BudgetExhausted
+from flows.budget import Budget
 from flows.engines import pool_for
-from flows.plan import table_name
+from flows.plan import StageSpec
 from flows.progress import stage_progress
 from flows.recipe import Recipe
-from flows.tasks import publish, stage_task
+from generators.backends.base import Backend
 from generators.backends.factory import BackendConfig
-from pipelines.store import Store
+from pipelines.store import Store, TableRef
 
 
-def _store(root: str) -> Store:
-    return Store(root)
+class NothingToTrain(RuntimeError):
+    """A round's pairs table is empty: the run stops and fails, naming the drops by reason."""
 
 
-def policy_config(recipe: Recipe, model_path: str) -> BackendConfig:
-    """The recipe's engine settings for a given policy folder (round k's model)."""
-    if recipe.policy.kind == "openai":
-        return recipe.policy
-    return recipe.policy.model_copy(update={"model": str(model_path)})
+@dataclass
+class RunContext:
+    recipe: Recipe
+    root: str
+    run_id: str
+    budget: Budget
+    initial: str                                  # the initial policy: a model folder, or a served name
+    results: dict[str, str] = field(default_factory=dict)   # spec id -> table@version or model folder
+
+    @property
+    def store(self) -> Store:
+        return Store(self.root)
+
+    def input(self, spec: StageSpec, role: str) -> str:
+        return self.resolve(spec.inputs[role])
+
+    def resolve(self, ref: str) -> str:
+        if ref.startswith("policy.r"):
+            k = int(ref.removeprefix("policy.r"))
+            return self.initial if k == 0 else self.results[f"r{k}.train"]
+        return self.results[ref]
+
+    def policy_config(self, path: str) -> BackendConfig:
+        """The recipe's engine settings for a policy folder (round k's model)."""
+        return self.recipe.policy.for_model(path) if path != self.initial else self.recipe.policy
+
+    def backend(self, cfg: BackendConfig) -> Backend:
+        return pool_for(self.run_id).get(cfg)
+
+    def policy_backend(self, spec: StageSpec) -> Backend:
+        return self.backend(self.policy_config(self.input(spec, "policy")))
 
 
-@stage_task("prompts")
-def prompts_task(recipe: Recipe, store_root: str, run_id: str, policy_path: str) -> str:
-    """Seeds and/or topic tree → written prompts → refine → evolve → constraints → dedup; each step
-    a stage with its own table (`<recipe>.prompts.<step>`) and lineage; returns the final table."""
-    from pipelines import prompts as gen
-    from pipelines import seeds
+def _progress(spec: StageSpec, extra=None):
+    return stage_progress(f"round {spec.round}: {spec.id}" if spec.round else spec.id, extra=extra)
+
+
+# -- prompts ---------------------------------------------------------------------------------
+def run_import_seeds(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.seeds import import_stage
+
+    return str(import_stage(ctx.store, ctx.recipe.prompts.stage("seeds"), output=spec.output))
+
+
+def run_topics(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.prompts import topics_stage
+
+    backend = ctx.backend(ctx.recipe.policy)
+    return str(topics_stage(ctx.store, backend, ctx.recipe.prompts.topics, output=spec.output))
+
+
+def run_write_prompts(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.prompts import write_stage
+
+    backend = ctx.backend(ctx.recipe.policy)
+    return str(write_stage(ctx.store, backend, ctx.recipe.prompts.stage("write"), topics_ref=ctx.input(spec, "topics"),
+                           output=spec.output))
+
+
+def run_union(ctx: RunContext, spec: StageSpec) -> str:
     from pipelines.union import union_stage
 
-    store, p = _store(store_root), recipe.prompts
-    name = lambda step: table_name(recipe, f"prompts.{step}")  # noqa: E731
-    sources = []
-    if p.seeds:
-        sources.append(seeds.import_stage(store, p.stage("seeds"), output=name("seeds")))
-        publish(store, sources[-1], label="import seeds")
-    backend = None
-    if p.topics or p.refine or p.evolve:
-        backend = pool_for(run_id).get(policy_config(recipe, policy_path))
-    if p.topics:
-        topics = gen.topics_stage(store, backend, p.topics, output=table_name(recipe, "topics"))
-        publish(store, topics, label="topics")
-        written = gen.write_stage(store, backend, p.stage("write"), topics_ref=topics, output=name("written"))
-        publish(store, written, label="write prompts")
-        if p.refine:
-            written = gen.rewrite_stage(store, backend, p.stage("refine"), prompts=written, output=name("refined"))
-            publish(store, written, label="refine")
-        sources.append(written)
-    current = sources[0] if len(sources) == 1 else union_stage(store, sources, output=name("union"))
-    if p.evolve:
-        current = gen.rewrite_stage(store, backend, p.stage("evolve").model_copy(update={"keep_original": True}),
-                                    prompts=current, output=name("evolved"))
-        publish(store, current, label="evolve")
-    if p.constraints:
-        current = seeds.constraints_stage(store, p.stage("constraints"), prompts=current, output=name("constrained"))
-        publish(store, current, label="constraints")
-    final = seeds.dedup_stage(store, p.dedup, prompts=current, output=table_name(recipe, "prompts"))
-    publish(store, final, label="prompts")
-    return str(final)
+    return str(union_stage(ctx.store, [ctx.resolve(v) for v in spec.inputs.values()], output=spec.output))
 
 
-@stage_task("sample", retries=2)
-def sample_task(recipe: Recipe, store_root: str, run_id: str, *, prompts: str, policy_path: str, round_: int,
-                budget: Budget) -> dict:
-    """Returns {"ref": table@version} or, when the run budget is reached, {"stopped": reason}
-    with every batch committed so far kept (a clean stop, not a task failure)."""
+def run_rewrite(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.prompts import rewrite_stage
+
+    backend = ctx.backend(ctx.recipe.policy)
+    cfg = ctx.recipe.prompts.stage(spec.params["step"])
+    return str(rewrite_stage(ctx.store, backend, cfg, prompts=ctx.input(spec, "prompts"), output=spec.output))
+
+
+def run_constraints(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.seeds import constraints_stage
+
+    return str(constraints_stage(ctx.store, ctx.recipe.prompts.constraints, prompts=ctx.input(spec, "prompts"),
+                                 output=spec.output))
+
+
+def run_dialogue(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.dialogue import dialogue_stage
+
+    cfg = ctx.recipe.prompts.dialogue
+    policy = ctx.policy_backend(spec)
+    user = None
+    if cfg.user_model is not None:
+        from generators.backends.factory import make_backend
+
+        user = make_backend(cfg.user_model)
+        user.load()
+    try:
+        return str(dialogue_stage(ctx.store, policy, user, cfg, prompts=ctx.input(spec, "prompts"), output=spec.output))
+    finally:
+        if user is not None:
+            user.close()
+
+
+def run_dedup_prompts(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.seeds import dedup_stage
+
+    p = ctx.recipe.prompts
+    cfg = p.dedup.model_copy(update={"limit": p.limit, "min_heldout": 1 if ctx.recipe.rounds.count > 0 else 0})
+    return str(dedup_stage(ctx.store, cfg, prompts=ctx.input(spec, "prompts"), output=spec.output))
+
+
+# -- rounds ----------------------------------------------------------------------------------
+def run_sample(ctx: RunContext, spec: StageSpec) -> str:
     from pipelines.sampling import sample_stage
 
-    store = _store(store_root)
-    out = table_name(recipe, "samples", round_)
-    budget.tables.append(out)
-    try:
-        budget.check(store)
-        backend = pool_for(run_id).get(policy_config(recipe, policy_path))
-        with stage_progress(f"round {round_}: sample", extra=lambda d, t: budget.check(store)) as cb:
-            ref = sample_stage(store, backend, recipe.sampling, prompts=prompts, output=out, progress=cb)
-    except BudgetExhausted as e:
-        get_run_logger().warning(str(e))
-        return {"stopped": str(e)}
-    publish(store, ref, label=f"r{round_} sample")
-    return {"ref": str(ref)}
+    store, budget = ctx.store, ctx.budget
+    budget.tables.append(spec.output)
+    budget.check(store)
+    backend = ctx.policy_backend(spec)
+    with _progress(spec, extra=lambda d, t: budget.check(store)) as cb:
+        return str(sample_stage(store, backend, ctx.recipe.sampling, prompts=ctx.input(spec, "prompts"),
+                                output=spec.output, progress=cb))
 
 
-@stage_task("score", retries=2)
-def score_task(recipe: Recipe, store_root: str, run_id: str, *, samples: str, prompts: str, scorer_index: int,
-               round_: int, policy_path: str) -> str:
+def run_steps(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.steps import steps_stage
+
+    cfg = ctx.recipe.steps
+    backend = None if cfg.method == "rule" else ctx.policy_backend(spec)
+    return str(steps_stage(ctx.store, backend, cfg, samples=ctx.input(spec, "samples"),
+                           prompts=ctx.input(spec, "prompts"), output=spec.output))
+
+
+def _scorer_backend(ctx: RunContext, spec: StageSpec, cfg) -> Backend | None:
+    """A judge's engine: the policy's under self-rewarding, else its own config, both from the
+    run's pool (one engine in memory at a time)."""
+    if not cfg.uses_backend:
+        return None
+    if ctx.recipe.rounds.self_rewarding:
+        return ctx.policy_backend(spec)
+    return ctx.backend(cfg.backend_config())
+
+
+def run_score(ctx: RunContext, spec: StageSpec) -> str:
     from pipelines.scoring import score_samples
 
-    store = _store(store_root)
-    cfg = recipe.scoring[scorer_index]
-    name = getattr(cfg, "name", None) or cfg.kind
-    backend = None
-    if recipe.rounds.self_rewarding and cfg.kind in ("judge", "pairwise_judge", "critique"):
-        backend = pool_for(run_id).get(policy_config(recipe, policy_path))   # the policy judges itself
-    out = table_name(recipe, "judgments" if cfg.kind == "pairwise_judge" else f"scores.{name}", round_)
-    with stage_progress(f"round {round_}: score {name}") as cb:
-        ref = score_samples(store, samples=samples, prompts=prompts, scorer_cfg=cfg, output=out, progress=cb,
-                            backend=backend)
-    publish(store, ref, label=f"r{round_} score {name}")
-    return str(ref)
+    cfg = ctx.recipe.scorer(spec.params["scorer"])
+    members = None
+    if cfg.combines:
+        members = [ctx.resolve(spec.inputs[f"member.{m}"]) for m in cfg.members]
+    with _progress(spec) as cb:
+        return str(score_samples(ctx.store, samples=ctx.input(spec, "samples"), prompts=ctx.input(spec, "prompts"),
+                                 scorer_cfg=cfg, output=spec.output, progress=cb,
+                                 backend=_scorer_backend(ctx, spec, cfg), members=members))
 
 
-@stage_task("pairs")
-def pairs_task(recipe: Recipe, store_root: str, *, samples: str, prompts: str, scores: list[str],
-               judgments: str | None, round_: int) -> str:
+def run_pairs(ctx: RunContext, spec: StageSpec) -> str:
     from pipelines.pairs import build_pairs
+    from pipelines.stage import lineage_of
 
-    store = _store(store_root)
-    ref = build_pairs(store, samples=samples, prompts=prompts, scores=scores, judgments=judgments,
-                      cfg=recipe.pairs, output=table_name(recipe, "pairs", round_))
-    publish(store, ref, label=f"r{round_} pairs")
+    store = ctx.store
+    scores = {role.removeprefix("scores."): ctx.resolve(ref) for role, ref in spec.inputs.items()
+              if role.startswith("scores.")}
+    ref = build_pairs(store, samples=ctx.input(spec, "samples"), prompts=ctx.input(spec, "prompts"), scores=scores,
+                      judgments=ctx.resolve(spec.inputs["judgments"]) if "judgments" in spec.inputs else None,
+                      steps=ctx.resolve(spec.inputs["steps"]) if "steps" in spec.inputs else None,
+                      cfg=ctx.recipe.pairs, output=spec.output)
+    if store.count(ref) == 0:
+        recs = lineage_of(store, ref.name)
+        drops = json.loads(recs.tail(1)["drops"][0]) if recs.height else {}
+        raise NothingToTrain(f"round {spec.round}: no pairs survived scoring and filtering (drops: "
+                             f"{drops or 'none'}); see `prefmill datasets show quarantine`")
     return str(ref)
 
 
-@stage_task("check-scorer")
-def check_scorer_task(recipe: Recipe, store_root: str) -> dict:
-    from pipelines.scorer_check import check_scorer, require_accuracy
+def run_train(ctx: RunContext, spec: StageSpec) -> str:
+    from trainers.reference import next_reference, training_data
 
-    store = _store(store_root)
-    result = check_scorer(store, recipe.scoring[0], recipe.rounds.labelled_pairs)
-    require_accuracy(result, recipe.rounds.min_scorer_accuracy)
-    return result
-
-
-@stage_task("train")
-def train_task(recipe: Recipe, store_root: str, run_id: str, *, data: list[str], policy_path: str,
-               reference: str | None, round_: int) -> str:
-    store = _store(store_root)
-    pool_for(run_id).close()   # free the engine's memory and threads for training
-    out_dir = Path(store_root) / "models" / recipe.name / f"r{round_}"
-    cfg = recipe.training
-    name = f"{recipe.name}-r{round_}"
-    if cfg.trainer == "dpo":
-        from trainers.dpo import train_dpo
-        rec = train_dpo(store, data=data, policy=policy_path, config=cfg, output_dir=out_dir, name=name,
-                        round=round_, reference=reference)
-    elif cfg.trainer == "rft":
-        from trainers.rft import train_rft
-        rec = train_rft(store, data=data, policy=policy_path, config=cfg, output_dir=out_dir, name=name, round=round_)
-    else:
-        from trainers.reward import train_reward_model
-        rec = train_reward_model(store, data=data, policy=policy_path, config=cfg, output_dir=out_dir, name=name,
-                                 round=round_)
-    get_run_logger().info("round %d trained %s -> %s metrics=%s", round_, cfg.trainer, rec.path, rec.metrics)
+    recipe, k = ctx.recipe, spec.round
+    policy = ctx.input(spec, "policy")
+    pool_for(ctx.run_id).close()     # free the engine's memory and threads for training
+    pairs = [ctx.results[f"r{i}.pairs"] for i in range(1, k + 1)]
+    plan = training_data(pairs, policy=recipe.rounds.data, round=k - 1)
+    reference = None
+    store = ctx.store
+    if recipe.training.needs_reference:
+        which = plan.reference_from or recipe.rounds.reference
+        reference = str(next_reference(which, initial=ctx.initial, previous=policy, alpha=recipe.rounds.mix_alpha,
+                                       output_dir=store.local_dir("models", recipe.name, f"r{k}-reference")))
+    rec = recipe.training.train(store, data=[str(d) for d in plan.data], policy=policy,
+                                output_dir=store.local_dir("models", recipe.name, f"r{k}"),
+                                name=f"{recipe.name}-r{k}", round=k, reference=reference)
+    ctx.results[f"r{k}.reference"] = reference or ""
     return rec.path
 
 
-@stage_task("eval")
-def eval_task(recipe: Recipe, store_root: str, run_id: str, *, prompts: str, policy_path: str, round_: int,
-              previous: str | None, reference: str | None) -> str:
-    from pipelines.evals import EvalConfig, run_eval
+def run_eval_responses(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.evals import eval_responses_stage
 
-    store = _store(store_root)
-    backend = pool_for(run_id).get(policy_config(recipe, policy_path))
-    cfg = EvalConfig.model_validate(recipe.eval.model_dump(exclude={"reward_model", "judge"}))
-    kl = None
-    if reference and reference != policy_path and recipe.policy.kind != "openai":
+    backend = ctx.policy_backend(spec)
+    with _progress(spec) as cb:
+        return str(eval_responses_stage(ctx.store, backend, ctx.recipe.eval, prompts=ctx.input(spec, "prompts"),
+                                        output=spec.output, progress=cb))
+
+
+def run_eval(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.evals import run_eval as evaluate
+
+    recipe, k = ctx.recipe, spec.round
+    e = recipe.eval
+    policy = ctx.input(spec, "policy")
+    reference = ctx.results.get(f"r{k}.reference") or (ctx.initial if k > 0 else None)
+    kl = kl_backend = None
+    if k > 0 and reference and reference != policy and recipe.policy.local_model_folder:
         from trainers.kl import make_kl_fn
-        kl = make_kl_fn(policy=policy_path, reference=reference)
-    reward = None
-    if recipe.eval.reward_model:
-        from generators.scorers.config import build_scorer, parse_scorer_config
-        reward = build_scorer(parse_scorer_config({"kind": "rm", "model": recipe.eval.reward_model}))
-    ref = run_eval(store, prompts=prompts, policy=backend, model=policy_path, round=round_, config=cfg,
-                   output=table_name(recipe, "evals"), responses_table=table_name(recipe, "eval_responses"),
-                   reward=reward, previous_model=previous, kl=kl, reference=reference)
-    publish(store, ref, label=f"r{round_} eval")
+
+        kl = make_kl_fn(policy=policy, reference=reference)
+        kl_backend = ctx.policy_backend(spec)
+    judge = None
+    if e.judge and "previous" in spec.inputs:
+        cfg = recipe.scorer(e.judge)
+        judge = cfg.build(backend=ctx.backend(cfg.backend_config()))
+    relevance = None
+    if e.relevance:
+        from generators.relevance import RelevanceScorer
+
+        relevance = RelevanceScorer()
+        relevance.load()
+    try:
+        ref = evaluate(ctx.store, prompts=ctx.input(spec, "prompts"), responses=ctx.input(spec, "responses"),
+                       model=Path(policy).name if recipe.policy.local_model_folder else policy, round=k, config=e,
+                       output=spec.output, scorers={n: recipe.scorer(n) for n in e.scorers}, judge=judge,
+                       previous=ctx.resolve(spec.inputs["previous"]) if "previous" in spec.inputs else None,
+                       baseline=ctx.results.get("r0.eval_responses"), kl=kl, kl_backend=kl_backend,
+                       reference=reference, relevance=relevance)
+    finally:
+        if relevance is not None:
+            relevance.close()
     return str(ref)
+
+
+# -- finishing -------------------------------------------------------------------------------
+def run_export(ctx: RunContext, spec: StageSpec) -> str:
+    from flows.export import export_dataset
+
+    e = ctx.recipe.export
+    return str(export_dataset(ctx.store, ctx.input(spec, "pairs"), fmt=e.format, out=e.out, split=e.split,
+                              overwrite=True))
+
+
+def run_report(ctx: RunContext, spec: StageSpec) -> str:
+    from flows.report import write_report
+
+    return str(write_report(ctx.store, out=ctx.recipe.report.out, recipe=ctx.recipe.name))
+
+
+Runner = Callable[[RunContext, StageSpec], str]
+RUNNERS: dict[str, Runner] = {
+    "import_seeds": run_import_seeds, "topics": run_topics, "write_prompts": run_write_prompts, "union": run_union,
+    "rewrite": run_rewrite, "constraints": run_constraints, "dialogue": run_dialogue,
+    "dedup_prompts": run_dedup_prompts, "sample": run_sample, "steps": run_steps, "score": run_score,
+    "judge": run_score, "ensemble": run_score, "pairs": run_pairs, "train": run_train,
+    "eval_responses": run_eval_responses, "eval": run_eval, "export": run_export, "report": run_report,
+}
+# Stage kinds that call a model and may hit transient endpoint errors: retried by Prefect.
+RETRIED = frozenset({"sample", "score", "judge", "eval_responses", "steps", "dialogue", "topics", "write_prompts",
+                     "rewrite"})
+
+
+def table_ref(text: str) -> TableRef | None:
+    name, _, version = text.partition("@")
+    return TableRef(name, int(version)) if version.isdigit() else None

@@ -115,13 +115,18 @@ def process_batch(policy: Backend, user: Backend, cfg: DialogueConfig, seeds: Se
     """Run the dialogues of one batch of seed rows to their ends: (prompts rows, quarantine rows).
     `taken` holds prompt_ids of this config's dialogues so far (a duplicate final conversation is
     quarantined as duplicate_dialogue)."""
-    states = [dialogue.DialogueState.start(did, s["messages"], persona=dialogue.pick(cfg.personas, s["prompt_id"], "persona"),
+    states = [dialogue.DialogueState.start(did, s["messages"], persona=dialogue.pick(cfg.personas, s["prompt_id"],
+                                                                                     "persona"),
                                            goal=dialogue.pick(cfg.goals, s["prompt_id"], "goal"))
               for s, did in zip(seeds, ids)]
     first = ids[0] if ids else ""
+
+    def seed_of(turn: int, role: str) -> int:
+        return int(keys.content_hash("dialogue-seed", cfg.seed, first, turn, role)[:8], 16)
+
     dialogue.run_dialogues(states, policy, user, turns=cfg.turns, min_turns=cfg.least_turns,
                            user_sampling=cfg.user.sampling(), assistant_sampling=cfg.assistant.sampling(),
-                           seed_of=lambda t, role: int(keys.content_hash("dialogue-seed", cfg.seed, first, t, role)[:8], 16),
+                           seed_of=seed_of,
                            marker=cfg.done_marker, template=cfg.template, template_dir=cfg.template_dir)
     rows, bad, seen = [], [], set(taken)
     for s, st in zip(seeds, states):
@@ -135,7 +140,8 @@ def process_batch(policy: Backend, user: Backend, cfg: DialogueConfig, seeds: Se
         seen.add(pid)
         single = len(st.messages) == len(s["messages"])
         rows.append({"prompt_id": pid, "messages": st.messages, "task_type": s["task_type"],
-                     "constraints": s["constraints"] if single else "[]", "reference": s["reference"] if single else None,
+                     "constraints": s["constraints"] if single else "[]",
+                     "reference": s["reference"] if single else None,
                      "source": f"dialogue:{st.key}:{s['prompt_id']}", "topic_id": s["topic_id"], "split": s["split"]})
     return pl.DataFrame(rows, schema=get_schema("prompts").schema), bad
 

@@ -141,6 +141,10 @@ class WorkBase:
     def target_keys(self) -> list[str] | None:
         return None
 
+    def close(self) -> None:
+        """Release what `process` loaded (the driver calls it when the stage ends or fails)."""
+        return None
+
 
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
     """Deterministic assignment of a key to one of n shards."""
@@ -227,8 +231,21 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
     if progress is not None:
         progress(committer.finished, total)
     log.info("%s: %d items to process for %s", ident.stage, len(items), ident.output)
+    try:
+        _run_items(work, items, committer, usage, batch_size=batch_size, stream=stream)
+    finally:
+        close = getattr(work, "close", None)
+        if callable(close):
+            close()
+    if not finish:
+        return None
+    return run.finish(rows_in=work.rows_in(), target_keys=work.target_keys(), stats=usage.as_dict())
+
+
+def _run_items(work: Work, items: list[Item], committer: _Committer, usage: Usage, *, batch_size: int,
+               stream: bool) -> None:
     if items:
-        if stream and isinstance(work, StreamingWork) and hasattr(work, "stream"):
+        if stream and callable(getattr(work, "stream", None)):
             t0 = time.perf_counter()
             for batch in work.stream(iter(items)):
                 committer.add(batch)
@@ -242,9 +259,6 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
                 committer.add(result, items=len(chunk))
                 committer.flush()
         committer.flush()
-    if not finish:
-        return None
-    return run.finish(rows_in=work.rows_in(), target_keys=work.target_keys(), stats=usage.as_dict())
 
 
 def frame_items(frame: pl.DataFrame, key: str, *, done: set[str], size: int) -> list[Item]:
@@ -259,3 +273,47 @@ def rows_batch(items: Iterable[Item]) -> Batch:
     """The Batch of frame items (their payloads are the rows)."""
     frames = [it.payload for it in items]
     return Batch(rows=pl.concat(frames) if frames else None)
+
+
+class FrameWork(WorkBase):
+    """A whole-frame stage (seed import, constraints, dedup, union, ensembles): `compute(run)`
+    returns the complete output rows and the number of input rows (quarantining what it drops
+    through `run`); the driver commits the rows in chunks of `size` and prunes anything else."""
+
+    def __init__(self, identity: Identity, compute: Callable[[StageRun], tuple[pl.DataFrame, int]], *, key: str,
+                 size: int = 5000, prune: bool = True):
+        self.identity, self.compute, self.key, self.size, self.prune = identity, compute, key, size, prune
+        self.rows = pl.DataFrame()
+        self._rows_in = 0
+
+    def prepare(self, run: StageRun) -> None:
+        self.rows, self._rows_in = self.compute(run)
+
+    def total_units(self) -> int:
+        return self.rows.height
+
+    def rows_in(self) -> int:
+        return self._rows_in
+
+    def target_keys(self) -> list[str] | None:
+        if not self.prune:
+            return None
+        return self.rows[self.key].to_list() if self.rows.height else []
+
+    def todo(self, done: set[str]) -> list[Item]:
+        return frame_items(self.rows, self.key, done=done, size=self.size)
+
+    def process(self, items: list[Item]) -> Batch:
+        return rows_batch(items)
+
+
+def drive_frame(store: Store, identity: Identity, compute: Callable[[StageRun], tuple[pl.DataFrame, int]], *,
+                size: int = 5000, prune: bool = True) -> TableRef:
+    """Run a whole-frame stage (see FrameWork). `prune=False` for tables several stage versions
+    share (the evals table holds every round's metrics)."""
+    from pipelines.schemas import get_schema
+
+    work = FrameWork(identity, compute, key=get_schema(identity.kind).key, size=size, prune=prune)
+    ref = drive(store, work, batch_size=size)
+    assert ref is not None
+    return ref

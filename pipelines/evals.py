@@ -1,197 +1,272 @@
-"""The eval stage: after every round, the policy answers the held-out prompts (split == "heldout",
-never trained on) and the round's metrics go to an `evals` table, one row per metric, with lineage.
+"""The eval stages: after every round the policy answers the held-out prompts (split == "heldout",
+the test split: never trained on, never used for tuning), then the round's metrics go to an
+`evals` table, one row per metric, with lineage. Two stages on the stage driver:
 
-    ref = run_eval(store, prompts="prompts@0", policy=backend, model="r1-dpo", round=1,
-                   config=EvalConfig(), reward=rm, judge=judge, previous_model="r0-base",
-                   kl=trainers.kl.make_kl_fn(policy=p1, reference=p0))
+    responses = eval_responses_stage(store, backend, EvalConfig(max_tokens=256), prompts="p@3",
+                                     output="demo.r1.eval_responses")
+    ref = run_eval(store, prompts="p@3", responses=responses, model="demo-r1", round=1,
+                   baseline="demo.r0.eval_responses@2", previous="demo.r0.eval_responses@2",
+                   scorers={"rm": rm_scorer}, judge=pair_scorer, kl=kl_fn, relevance=relevance_scorer)
     print(format_eval_table(store.read("evals")))
 
-Metrics: pass_rate (every machine-checkable constraint met, filters/rule_rewards.instruction_reward
-with mode="all"), mean_reward (optional reward scorer: anything with `score(prompts, responses)`),
-win_rate_vs_previous (optional generators/scorers/judge_pairwise judge, both orders; ties count
-half; position-inconsistent verdicts are left out and counted in details), mean_length_tokens /
-mean_length_words, kl_to_reference (optional).
-
-KL: pipelines may not import trainers, so the KL arrives as a callable `(conversations,
-completions) -> estimate with .mean/.stderr/.n` (trainers.kl.make_kl_fn binds the two model
-folders; its log-probs come from generators' TransformersBackend.logprobs). With
-`kl_temperature` set, it is computed on one fresh policy sample per prompt at that temperature (an
-unbiased KL estimate); with None, on the eval responses (a log-ratio, biased when greedy).
-
-Responses are kept in a `samples` table (`responses_table`, policy = the model name) so the next
-round's win-rate reads this round's answers instead of regenerating them.
+Metrics:
+- pass_rate: every constraint of the prompt met under the strict checks (empty, echoed, truncated
+  and off-topic answers fail; filters/rule_rewards.instruction_reward strict=True), with the
+  paired bootstrap 95% interval of the lift over the `baseline` answers (round 0) and per
+  constraint family in `details`;
+- truncation_rate (finish_reason == length), mean_relevance (sentence-embedding cosine of
+  prompt and answer, generators/relevance.py), mean_length_words / mean_length_tokens;
+- mean_score.NAME for each named point scorer (the scorer interface of generators/scorers);
+- win_rate_vs_previous: a pair scorer judges this round's answer against the previous round's in
+  both orders; ties count half; position-inconsistent verdicts are left out and counted;
+- kl_to_reference: a callable from trainers.kl (pipelines may not import trainers).
 """
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from generators.backends.base import Backend, Conversation, Sampling
 from pipelines import keys
+from pipelines.driver import Identity, drive, drive_frame
+from pipelines.sampling import SampleWork, SamplingStageConfig
 from pipelines.schemas import empty
-from pipelines.stage import StageRun
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.evals")
-METRIC_ORDER = ("pass_rate", "mean_reward", "win_rate_vs_previous", "kl_to_reference", "mean_length_tokens",
-                "mean_length_words")
-
-
-class RewardScorer(Protocol):
-    def score(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> list[float]: ...
+METRIC_ORDER = ("pass_rate", "truncation_rate", "mean_relevance", "win_rate_vs_previous", "kl_to_reference",
+                "mean_length_words", "mean_length_tokens")
 
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    split: str = Field("heldout", description="Prompt split to evaluate on (never used for training).")
-    max_prompts: int | None = Field(None, ge=1, description="Evaluate the first N held-out prompts by prompt_id (None = all).")
-    temperature: float = Field(0.0, ge=0, description="Eval sampling temperature (0 = greedy).")
-    max_tokens: int = Field(256, ge=1, description="Max new tokens per eval response.")
-    seed: int = Field(0, description="Sampling seed.")
-    kl_temperature: float | None = Field(1.0, gt=0, description="Sample one extra response per prompt at this "
-                                         "temperature for the KL estimate (None = use the eval responses).")
+    split: str = Field("heldout", description="prompt split to evaluate on (heldout = the test split, never "
+                       "trained on; validation = the tuning split)")
+    max_prompts: int | None = Field(None, ge=1, description="evaluate the first N prompts of the split by prompt_id "
+                                    "(None = all)")
+    temperature: float = Field(0.0, ge=0, description="eval sampling temperature (0 = greedy)")
+    max_tokens: int = Field(256, ge=1, description="max new tokens per eval answer (the truncation rate is reported)")
+    seed: int = Field(0, description="sampling seed")
+    kl_temperature: float | None = Field(1.0, gt=0, description="sample one extra answer per prompt at this "
+                                         "temperature for the KL estimate (None = use the eval answers)")
+    relevance: bool = Field(True, description="report mean_relevance and fail off-topic answers in pass_rate "
+                            "(sentence-embedding model, generators/relevance.py)")
+    bootstrap_resamples: int = Field(10_000, ge=100, description="resamples of the paired bootstrap intervals")
 
 
-def _plain(messages: Any) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def heldout_prompts(store: Store, prompts: TableRef | str, config: EvalConfig) -> pl.DataFrame:
+def eval_prompts(store: Store, prompts: TableRef | str, config: EvalConfig) -> pl.DataFrame:
     frame = store.read(prompts).filter(pl.col("split") == config.split).sort("prompt_id")
     if config.max_prompts is not None:
         frame = frame.head(config.max_prompts)
     if frame.is_empty():
         raise ValueError(f"no prompts with split == {config.split!r} in {store.ref(prompts)}; "
-                         "hold out a prompt set first (the prompts stage's split option)")
+                         "hold out a prompt set first (prompts.heldout_fraction in the recipe)")
     return frame
 
 
-def _pass_rate(frame: pl.DataFrame, responses: list[str]) -> tuple[float, int] | None:
-    from filters.rule_rewards import instruction_reward
-
-    checked = frame.select("prompt_id", "constraints").with_columns(pl.Series("completion", responses))
-    checked = checked.filter(pl.col("constraints").is_not_null() & (pl.col("constraints") != ""))
-    if checked.is_empty():
-        return None
-    scored = instruction_reward(checked.lazy(), response="completion", constraints="constraints", mode="all").collect()
-    s = scored.get_column("score").drop_nulls()
-    return (float((s >= 1.0).mean()), s.len()) if s.len() else None
-
-
-def _win_rate(judge: Any, convs: list, mine: list[str], theirs: list[str]) -> tuple[float, int, dict] | None:
-    judged = judge.compare(convs, mine, theirs)
-    counts = {"A": 0, "B": 0, "tie": 0}
-    for j in judged:
-        if j.verdict is not None:
-            counts[str(j.verdict)] = counts.get(str(j.verdict), 0) + 1
-    n = counts["A"] + counts["B"] + counts["tie"]
-    details = {"wins": counts["A"], "losses": counts["B"], "ties": counts["tie"], "left_out": len(judged) - n}
-    return ((counts["A"] + 0.5 * counts["tie"]) / n, n, details) if n else None
-
-
-def load_responses(store: Store, table: str, model: str) -> dict[str, str]:
-    """prompt_id -> eval response of `model` (empty if never evaluated)."""
-    if not store.exists(table):
-        return {}
-    rows = store.read(table, columns=["prompt_id", "policy", "completion"]).filter(pl.col("policy") == model)
-    return dict(zip(rows.get_column("prompt_id").to_list(), rows.get_column("completion").to_list()))
-
-
-def run_eval(store: Store, *, prompts: TableRef | str, policy: Backend, model: str, round: int,
-             config: EvalConfig = EvalConfig(), output: str = "evals", responses_table: str = "eval_responses",
-             reward: RewardScorer | None = None, judge: Any | None = None, previous_model: str | None = None,
-             kl: Callable[[Sequence[Conversation], Sequence[str]], Any] | None = None,
-             reference: str | None = None) -> TableRef:
-    """Evaluate a loaded policy backend on the held-out prompts; write the metrics; return the evals version."""
-    p_ref = store.ref(prompts)
-    frame = heldout_prompts(store, p_ref, config)
-    convs = [_plain(m) for m in frame.get_column("messages").to_list()]
-    sampling = Sampling(n=1, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed)
-    run = StageRun(store, stage="eval", output=output, kind="evals", parents=[p_ref],
-                   config={"eval": config.model_dump(mode="json"), "model": model, "round": round,
-                           "previous_model": previous_model, "reward": getattr(reward, "id", None) if reward else None,
-                           "judge": getattr(judge, "id", None) if judge else None, "kl": kl is not None},
-                   models={"policy": policy.model_id, "policy_revision": policy.revision, "reference": reference})
-    if run.reused:
-        log.info("eval: %s already evaluated (%s)", model, run.reused)
-        return run.reused
-    outs = [c[0] for c in policy.generate(convs, sampling)]
-    texts = [o.text for o in outs]
-    pids = frame.get_column("prompt_id").to_list()
-    _save_responses(store, responses_table, pids, outs, model=model, revision=policy.revision, sampling=sampling)
-
-    metrics: list[tuple[str, float, int, dict]] = []
-    pr = _pass_rate(frame, texts) if "constraints" in frame.columns else None
-    if pr is not None:
-        metrics.append(("pass_rate", pr[0], pr[1], {"mode": "all"}))
-    if reward is not None:
-        r = reward.score(convs, texts)
-        metrics.append(("mean_reward", sum(r) / len(r), len(r), {"scorer": getattr(reward, "id", None)}))
-    if judge is not None and previous_model is not None:
-        prev = load_responses(store, responses_table, previous_model)
-        idx = [i for i, p in enumerate(pids) if p in prev]
-        w = _win_rate(judge, [convs[i] for i in idx], [texts[i] for i in idx], [prev[pids[i]] for i in idx]) if idx else None
-        if w is not None:
-            metrics.append(("win_rate_vs_previous", w[0], w[1], {"previous": previous_model, **w[2]}))
-        else:
-            log.warning("eval: no readable judgments vs %s that agree in both orders (%d pairs asked); "
-                        "win_rate_vs_previous left out", previous_model, len(idx))
-    if kl is not None:
-        kl_texts = texts
-        if config.kl_temperature is not None:
-            kl_s = Sampling(n=1, temperature=config.kl_temperature, max_tokens=config.max_tokens, seed=config.seed + 1)
-            kl_texts = [c[0].text for c in policy.generate(convs, kl_s)]
-        est = kl(convs, kl_texts)
-        metrics.append(("kl_to_reference", float(est.mean), int(est.n),
-                        {"stderr": float(est.stderr), "reference": reference,
-                         "samples": "eval_responses" if config.kl_temperature is None else f"T={config.kl_temperature}"}))
-    tok = [o.completion_tokens for o in outs]
-    metrics.append(("mean_length_tokens", sum(tok) / len(tok), len(tok), {}))
-    words = [len(t.split()) for t in texts]
-    metrics.append(("mean_length_words", sum(words) / len(words), len(words), {}))
-
-    rows = [{"eval_id": keys.content_hash("eval", run.fingerprint, name), "model": model, "round": round,
-             "metric": name, "value": float(value), "n": int(n), "details": json.dumps(details, default=str)}
-            for name, value, n, details in metrics]
-    run.write(pl.DataFrame(rows, schema=empty("evals").schema))
-    ref = run.finish(rows_in=frame.height)
-    log.info("eval: %s round %d: %s", model, round, ", ".join(f"{m}={v:.4g}" for m, v, _, _ in metrics))
+def eval_responses_stage(store: Store, backend: Backend, config: EvalConfig, *, prompts: TableRef | str,
+                         output: str, progress: Callable[[int, int], None] | None = None) -> TableRef:
+    """The policy's answer to every eval prompt -> a `samples` table (kept for the next round's
+    win-rate and the report's examples). Resumable like any sampling stage."""
+    pref = store.ref(prompts)
+    ids = set(eval_prompts(store, pref, config)["prompt_id"].to_list())
+    cfg = SamplingStageConfig(n=1, temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens,
+                              seed=config.seed, split=config.split)
+    work = SampleWork(store, backend, cfg, prompts=pref, output=output, only=ids)
+    ref = drive(store, work, batch_size=cfg.batch_size, progress=progress,
+                stream=callable(getattr(backend, "stream", None)))
+    assert ref is not None
     return ref
 
 
-def _save_responses(store: Store, table: str, pids: list[str], outs: list, *, model: str, revision: str,
-                    sampling: Sampling) -> None:
-    params = sampling.key_params()
-    rows = [{"sample_id": keys.sample_id(pid, policy=model, revision=revision, sampling=params, seed=sampling.seed,
-                                         index=0),
-             "prompt_id": pid, "policy": model, "policy_revision": revision, "sample_index": 0, "seed": sampling.seed,
-             "sampling": json.dumps(params, sort_keys=True), "completion": o.text, "finish_reason": o.finish_reason,
-             "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens, "is_reference": False}
-            for pid, o in zip(pids, outs)]
-    frame = pl.DataFrame(rows, schema=empty("samples").schema)
-    if store.exists(table):
-        frame = frame.filter(~pl.col("sample_id").is_in(store.keys(table).implode()))
-    if not frame.is_empty():
-        store.append(table, frame, kind="samples", metadata={"stage": "eval"})
+def _answers(store: Store, responses: TableRef, prompts: pl.DataFrame) -> pl.DataFrame:
+    r = store.read(responses, columns=["prompt_id", "completion", "finish_reason", "completion_tokens"])
+    return prompts.select("prompt_id", "messages", "constraints").join(r, on="prompt_id", how="inner").sort("prompt_id")
+
+
+def _strict_pass(frame: pl.DataFrame, relevance: list[float] | None) -> pl.DataFrame:
+    """prompt_id, constraints, score (1 = every constraint met, strictly), failed."""
+    from filters.rule_rewards import instruction_reward
+
+    lf = frame.lazy()
+    extra = {}
+    if relevance is not None:
+        lf = lf.with_columns(pl.Series("relevance", relevance, dtype=pl.Float64))
+        extra["relevance"] = "relevance"
+    return instruction_reward(lf, response="completion", constraints="constraints", mode="all", strict=True,
+                              prompt="messages", finish_reason="finish_reason", **extra).collect()
+
+
+def _relevance(scorer: Any, frame: pl.DataFrame) -> list[float] | None:
+    if scorer is None or frame.is_empty():
+        return None
+    from filters import instructions
+
+    strip = [[instructions.describe(c) for c in instructions.loads(cs)] if cs else [] for cs in frame["constraints"]]
+    return scorer.score(frame["messages"].to_list(), frame["completion"].to_list(), strip=strip)
+
+
+def _pass_metric(store: Store, frame: pl.DataFrame, rel: list[float] | None, baseline: TableRef | None,
+                 prompts: pl.DataFrame, config: EvalConfig, relevance: Any) -> tuple[str, float, int, dict] | None:
+    from filters.bootstrap import bootstrap_by_group, kind_outcomes, paired_bootstrap
+
+    constrained = [i for i, c in enumerate(frame["constraints"].to_list()) if c not in (None, "", "[]")]
+    if not constrained:
+        return None
+    mine = _strict_pass(frame[constrained], [rel[i] for i in constrained] if rel is not None else None)
+    details: dict[str, Any] = {"checks": "strict", "relevance": rel is not None}
+    if baseline is not None:
+        base_frame = _answers(store, baseline, prompts)
+        base_frame = base_frame.filter(pl.col("prompt_id").is_in(mine["prompt_id"].implode()))
+        base = _strict_pass(base_frame, _relevance(relevance, base_frame) if rel is not None else None)
+        paired = mine.select("prompt_id", pl.col("score").alias("new")).join(
+            base.select("prompt_id", pl.col("score").alias("base")), on="prompt_id")
+        if paired.height:
+            iv = paired_bootstrap(paired["base"].to_list(), paired["new"].to_list(),
+                                  n_resamples=config.bootstrap_resamples)
+            details["lift_vs_baseline"] = {"base": iv.base, "diff": iv.diff, "low": iv.low, "high": iv.high,
+                                           "n": iv.n, "baseline": str(baseline)}
+            kinds = kind_outcomes(mine).rename({"passed": "new"}).join(
+                kind_outcomes(base).select("prompt_id", "kind", pl.col("passed").alias("base")),
+                on=["prompt_id", "kind"])
+            if kinds.height:
+                fam = bootstrap_by_group(kinds, group="family", n_resamples=config.bootstrap_resamples)
+                details["by_family"] = fam.to_dicts()
+    else:
+        fam = kind_outcomes(mine).group_by("family").agg(pl.col("passed").mean().alias("pass_rate"),
+                                                         pl.len().alias("n")).sort("family")
+        details["by_family"] = fam.to_dicts()
+    s = mine["score"].drop_nulls()
+    return ("pass_rate", float((s >= 1.0).mean()), s.len(), details) if s.len() else None
+
+
+def _win_rate(judge: Any, frame: pl.DataFrame, prev: dict[str, str]) -> tuple[float, int, dict] | None:
+    idx = [i for i, p in enumerate(frame["prompt_id"].to_list()) if p in prev]
+    if not idx:
+        return None
+    sub = frame[idx]
+    judge.load()
+    try:
+        judged = judge.compare(sub["messages"].to_list(), sub["completion"].to_list(),
+                               [prev[p] for p in sub["prompt_id"].to_list()])
+    finally:
+        judge.close()
+    counts = {"A": 0, "B": 0, "tie": 0}
+    for j in judged:
+        if j.verdict is not None:
+            counts[str(j.verdict)] += 1
+    n = sum(counts.values())
+    details = {"wins": counts["A"], "losses": counts["B"], "ties": counts["tie"], "left_out": len(judged) - n,
+               "judge": judge.id}
+    return ((counts["A"] + 0.5 * counts["tie"]) / n, n, details) if n else None
+
+
+def run_eval(store: Store, *, prompts: TableRef | str, responses: TableRef | str, model: str, round: int,
+             config: EvalConfig = EvalConfig(), output: str = "evals", scorers: Mapping[str, Any] | None = None,
+             judge: Any | None = None, previous: TableRef | str | None = None,
+             baseline: TableRef | str | None = None,
+             kl: Callable[[Sequence[Conversation], Sequence[str]], Any] | None = None, kl_backend: Backend | None = None,
+             reference: str | None = None, relevance: Any | None = None) -> TableRef:
+    """Metrics of one round's eval answers (see the module docstring) -> rows of the `evals` table
+    (shared across rounds: older rounds' rows are kept). `scorers`: {name: point-scorer config};
+    `judge`: a pair scorer; `previous` / `baseline`: eval-answer tables of the previous round and
+    of round 0; `kl_backend`: the loaded policy, for fresh KL samples."""
+    p_ref, r_ref = store.ref(prompts), store.ref(responses)
+    prev_ref = store.ref(previous) if previous is not None else None
+    base_ref = store.ref(baseline) if baseline is not None and store.ref(baseline) != r_ref else None
+    scorers = dict(scorers or {})
+    built = {name: cfg.build() for name, cfg in scorers.items()}
+    parents = tuple(r for r in (p_ref, r_ref, prev_ref, base_ref) if r is not None)
+    ident = Identity(stage="eval", output=output, kind="evals", parents=parents,
+                     config={"eval": config.model_dump(mode="json"), "model": model, "round": round,
+                             "scorers": {n: s.id for n, s in built.items()},
+                             "judge": getattr(judge, "id", None) if judge is not None and prev_ref else None,
+                             "kl": kl is not None, "relevance": getattr(relevance, "revision", None)},
+                     models={"policy": model, "reference": reference})
+
+    def compute(run) -> tuple[pl.DataFrame, int]:
+        from pipelines.scoring import evaluate_frame
+
+        heldout = eval_prompts(store, p_ref, config)
+        frame = _answers(store, r_ref, heldout)
+        if frame.is_empty():
+            raise ValueError(f"{r_ref} holds no answers to the eval prompts of {p_ref}; run the eval_responses stage")
+        rel = _relevance(relevance, frame) if config.relevance else None
+        metrics: list[tuple[str, float, int, dict]] = []
+        pr = _pass_metric(store, frame, rel, base_ref, heldout, config, relevance)
+        if pr is not None:
+            metrics.append(pr)
+        finish = frame["finish_reason"].fill_null("")
+        metrics.append(("truncation_rate", float((finish == "length").mean()), frame.height,
+                        {"max_tokens": config.max_tokens}))
+        if rel is not None:
+            metrics.append(("mean_relevance", sum(rel) / len(rel), len(rel), {"model": relevance.model_id}))
+        for name, scorer in built.items():
+            cfg = scorers[name]
+            scorer.load()
+            try:
+                res = evaluate_frame(scorer, cfg, frame.with_columns(pl.lit(None, pl.String).alias("reference")))
+            finally:
+                scorer.close()
+            ok = [r.score for r in res if r.ok]
+            if ok:
+                metrics.append((f"mean_score.{name}", sum(ok) / len(ok), len(ok),
+                                {"scorer": scorer.id, "failed": len(res) - len(ok)}))
+        if judge is not None and prev_ref is not None:
+            prev = store.read(prev_ref, columns=["prompt_id", "completion"])
+            w = _win_rate(judge, frame, dict(zip(prev["prompt_id"].to_list(), prev["completion"].to_list())))
+            if w is not None:
+                metrics.append(("win_rate_vs_previous", w[0], w[1], {"previous": str(prev_ref), **w[2]}))
+            else:
+                log.warning("eval: no readable judgments vs %s that agree in both orders (%d pairs asked); "
+                            "win_rate_vs_previous left out", prev_ref, frame.height)
+        if kl is not None:
+            convs = [[{"role": m["role"], "content": m["content"]} for m in msgs] for msgs in frame["messages"]]
+            kl_texts = frame["completion"].to_list()
+            if config.kl_temperature is not None and kl_backend is not None:
+                s = Sampling(n=1, temperature=config.kl_temperature, max_tokens=config.max_tokens, seed=config.seed + 1)
+                kl_texts = [c[0].text for c in kl_backend.generate(convs, s)]
+            est = kl(convs, kl_texts)
+            metrics.append(("kl_to_reference", float(est.mean), int(est.n),
+                            {"stderr": float(est.stderr), "reference": reference,
+                             "samples": "eval_responses" if config.kl_temperature is None or kl_backend is None
+                             else f"T={config.kl_temperature}"}))
+        words = [len(t.split()) for t in frame["completion"].to_list()]
+        metrics.append(("mean_length_words", sum(words) / len(words), len(words), {}))
+        tok = frame["completion_tokens"].fill_null(0).to_list()
+        metrics.append(("mean_length_tokens", sum(tok) / len(tok), len(tok), {}))
+        rows = [{"eval_id": keys.content_hash("eval", run.fingerprint, name), "model": model, "round": round,
+                 "metric": name, "value": float(value), "n": int(n), "details": json.dumps(details, default=str)}
+                for name, value, n, details in metrics]
+        log.info("eval: %s round %d: %s", model, round, ", ".join(f"{m}={v:.4g}" for m, v, _, _ in metrics))
+        return pl.DataFrame(rows, schema=empty("evals").schema), frame.height
+
+    return drive_frame(store, ident, compute, prune=False)
 
 
 def format_eval_table(df: pl.DataFrame) -> str:
-    """One table across rounds: a row per (round, model), a column per metric."""
+    """One table across rounds: a row per (round, model), a column per metric; the pass-rate lift
+    over round 0 with its 95% interval when recorded."""
     if df.is_empty():
         return "(no evals)"
     latest = df.sort("eval_id").unique(subset=["round", "model", "metric"], keep="last")
     names = [m for m in METRIC_ORDER if m in set(latest.get_column("metric"))]
     names += sorted(set(latest.get_column("metric")) - set(names))
     wide = latest.pivot(on="metric", index=["round", "model"], values="value").sort("round", "model")
-    header = ["round", "model", *names]
+    lifts = {}
+    for r in latest.filter(pl.col("metric") == "pass_rate").iter_rows(named=True):
+        lift = json.loads(r["details"] or "{}").get("lift_vs_baseline")
+        if lift:
+            lifts[(r["round"], r["model"])] = f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
+    header = ["round", "model", *names] + (["pass_rate lift vs r0 [95% CI]"] if lifts else [])
     body = [[str(r["round"]), str(r["model"]), *("-" if r.get(m) is None else f"{r[m]:.3f}" for m in names)]
-            for r in wide.iter_rows(named=True)]
+            + ([lifts.get((r["round"], r["model"]), "-")] if lifts else []) for r in wide.iter_rows(named=True)]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])

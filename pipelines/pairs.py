@@ -16,7 +16,7 @@ version, and a crashed run rewrites only the batches it had not committed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import polars as pl
@@ -26,23 +26,18 @@ from filters import drops
 from filters.agreement import agreement_filter
 from filters.decontam import decontaminate
 from filters.dedup import dedup
-from filters.kto import kto_unpaired
 from filters.length import length_ratio_filter
 from filters.margin import margin_filter
-from filters.pairing import all_pairs_above_margin, best_vs_random, best_vs_worst, spin_pairs
 from filters.position_swap import position_swap_filter
 from filters.spread import spread_filter
-from filters.sppo import sppo_winrate
 from pipelines import keys
+from pipelines.driver import Identity, WorkBase, drive, frame_items, rows_batch
+from pipelines.pair_strategies import STRATEGIES, strategy
 from pipelines.quarantine import drops_frame
 from pipelines.stage import StageRun
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.pairs")
-
-Strategy = Literal["best_vs_worst", "best_vs_random", "all_pairs_above_margin", "spin_pairs", "sppo_winrate",
-                   "kto_unpaired", "rft_topk"]
-OUTPUT_KIND = {"kto_unpaired": "unpaired", "rft_topk": "sft"}
 
 
 class PairsConfig(BaseModel):
@@ -50,18 +45,18 @@ class PairsConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    strategy: Strategy = Field("best_vs_worst", description="pair strategy (kto_unpaired -> unpaired rows, "
-                               "rft_topk -> sft rows)")
-    scorer: str | None = Field(None, description="scorer id to pair on; needed only when the scores tables hold "
-                               "several scorers")
+    strategy: str = Field("best_vs_worst", description="pair strategy: " + ", ".join(STRATEGIES)
+                          + " (kto_unpaired -> unpaired rows, rft_topk -> sft rows; pipelines/pair_strategies.py)")
+    scorer: str | None = Field(None, description="name of the scorer (in `scoring`) to pair on; default: the "
+                               "first scorer that writes scores")
     min_margin: float = Field(0.0, ge=0, description="drop pairs with chosen - rejected score below this")
     tie_tolerance: float = Field(0.0, ge=0, description="|margin| <= this is a tie (dropped)")
     max_pairs_per_prompt: int | None = Field(None, ge=1, description="all_pairs_above_margin: cap per prompt")
     seed: int = Field(0, description="best_vs_random: seed of the random draw")
     max_spread: float | None = Field(None, ge=0, description="drop samples whose k judge scores spread (std) "
                                      "more than this; None = no spread filter")
-    agreement_scorer: str | None = Field(None, description="a second scorer id that must order each pair the "
-                                         "same way (cross-scorer agreement); None = off")
+    agreement_scorer: str | None = Field(None, description="name of a second scorer that must order each pair "
+                                         "the same way (cross-scorer agreement); None = off")
     agreement_strict_ties: bool = Field(True, description="a tie under the second scorer counts as disagreement")
     max_length_ratio: float | None = Field(None, ge=1, description="cap on len(chosen)/len(rejected); None = off")
     length_unit: Literal["words", "chars"] = Field("words", description="unit of the length ratio")
@@ -80,98 +75,160 @@ class PairsConfig(BaseModel):
     kto_per_prompt: bool = Field(False, description="kto fraction mode: fractions within each prompt")
     top_k: int = Field(1, ge=1, description="rft_topk: best samples kept per prompt")
     min_score: float | None = Field(None, description="rft_topk: keep only samples scoring at least this")
+    rft_keep_truncated: bool = Field(False, description="rft_topk: also select answers cut at max_tokens "
+                                     "(finish_reason=length); off: they are dropped as `truncated`")
+    reviews: str | None = Field(None, description="reviews table (NAME[@VERSION]) of `prefmill review`: people's "
+                                "decisions keep, swap or drop the pairs they reviewed (reasons in lineage); None = off")
+    review_conflicts: Literal["majority", "unanimous", "latest"] = Field(
+        "majority", description="several reviewers on one pair: strict majority, all agree, or the latest wins; "
+        "otherwise the pair is dropped (human_disagreement)")
+    review_rescue: tuple[str, ...] = Field((), description="drop-reason families a clear human decision "
+                                           "overrides, e.g. [tie, margin_below, scorer_disagreement]")
 
     @model_validator(mode="after")
     def _check(self):
+        strategy(self.strategy)       # unknown name -> one-line error listing the known ones
+        if self.agreement_scorer is not None and self.agreement_scorer == self.scorer:
+            raise ValueError(f"agreement_scorer {self.agreement_scorer!r} is the pairing scorer itself; name "
+                             "another scorer")
         if self.strategy == "kto_unpaired" and self.kto_mode == "threshold" and (
                 self.kto_desirable_above is None or self.kto_undesirable_below is None):
             raise ValueError("kto_mode='threshold' needs kto_desirable_above and kto_undesirable_below")
         return self
 
 
-def _pick_scorer(scores: pl.DataFrame, wanted: str | None, *, exclude: str | None) -> str | None:
-    names = sorted(set(scores["scorer"].to_list()) - ({exclude} if exclude else set()))
-    if wanted is not None:
-        if wanted not in set(scores["scorer"].to_list()):
-            raise ValueError(f"scorer {wanted!r} not in the scores tables; they hold: {', '.join(names) or 'none'}")
-        return wanted
-    if len(names) > 1:
-        raise ValueError(f"the scores tables hold {len(names)} scorers ({', '.join(names)}); set `scorer` to the "
-                         "one to pair on (and `agreement_scorer` for a second)")
-    return names[0] if names else None
+ScoresArg = Mapping[str, "TableRef | str"] | Sequence["TableRef | str"]
 
 
-def _strategy(cfg: PairsConfig, frame: pl.LazyFrame, judgments: pl.LazyFrame | None) -> pl.LazyFrame:
-    s = cfg.strategy
-    if s == "best_vs_worst":
-        return best_vs_worst(frame, min_margin=cfg.min_margin)
-    if s == "best_vs_random":
-        return best_vs_random(frame, seed=cfg.seed, min_margin=cfg.min_margin)
-    if s == "all_pairs_above_margin":
-        return all_pairs_above_margin(frame, min_margin=cfg.min_margin, max_pairs_per_prompt=cfg.max_pairs_per_prompt)
-    if s == "spin_pairs":
-        return spin_pairs(frame)
-    if s == "sppo_winrate":
-        return sppo_winrate(frame, judgments=judgments, min_margin=cfg.min_margin)
-    raise ValueError(f"unknown pair strategy {s!r}; expected one of {', '.join(Strategy.__args__)}")
+def _score_rows(store: Store, scores: ScoresArg) -> tuple[pl.DataFrame, list[str]]:
+    """Rows (sample_id, source, scorer, score, spread) of every scores table, and the source names
+    in order. A mapping gives each table a scorer name (recipes); a sequence names each scorer
+    by the scorer ids its tables hold (Python callers)."""
+    cols = ["sample_id", "scorer", "score", "spread"]
+    frames, names = [], []
+    items = scores.items() if isinstance(scores, Mapping) else [(None, r) for r in scores]
+    for name, r in items:
+        df = store.read(store.ref(r), columns=cols)
+        if name is None:
+            for sid in dict.fromkeys(df["scorer"].to_list()):
+                frames.append(df.filter(pl.col("scorer") == sid).with_columns(pl.lit(sid).alias("source")))
+                names.append(sid)
+        else:
+            frames.append(df.with_columns(pl.lit(name).alias("source")))
+            names.append(name)
+    if not frames:
+        return pl.DataFrame(schema={"sample_id": pl.String, "scorer": pl.String, "score": pl.Float64,
+                                    "spread": pl.Float64, "source": pl.String}), []
+    return pl.concat(frames), names
 
 
-def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | str,
-                scores: Sequence[TableRef | str] = (), judgments: TableRef | str | None = None,
-                cfg: PairsConfig | dict | None = None, output: str, batch_size: int = 5000) -> TableRef:
-    """Build pairs (or KTO / SFT rows) from pinned inputs; return the completed `output` version."""
-    cfg = PairsConfig.model_validate(cfg or {})
-    s_ref, p_ref = store.ref(samples), store.ref(prompts)
-    sc_refs = [store.ref(r) for r in scores]
-    j_ref = store.ref(judgments) if judgments is not None else None
-    e_ref = store.ref(cfg.decontam_against) if cfg.decontam_against else None
-    if not sc_refs and cfg.strategy not in ("spin_pairs",) and not (cfg.strategy == "sppo_winrate" and j_ref):
-        raise ValueError(f"strategy {cfg.strategy!r} needs scores; pass scores=[SCORES_TABLE, ...]")
-    score_rows = (pl.concat([store.read(r, columns=["sample_id", "scorer", "score", "spread"]) for r in sc_refs])
-                  if sc_refs else pl.DataFrame(schema={"sample_id": pl.String, "scorer": pl.String,
-                                                       "score": pl.Float64, "spread": pl.Float64}))
-    primary = _pick_scorer(score_rows, cfg.scorer, exclude=cfg.agreement_scorer)
-    kind = OUTPUT_KIND.get(cfg.strategy, "pairs")
-    run = StageRun(store, stage="pairs", output=output, kind=kind,
-                   parents=[s_ref, p_ref, *sc_refs, *([j_ref] if j_ref else []), *([e_ref] if e_ref else [])],
-                   config={"pairs": cfg.model_dump(mode="json"), "scorer": primary})
-    if run.reused:
-        return run.reused
-    samp = store.read(s_ref, columns=["sample_id", "prompt_id", "completion", "is_reference"])
-    prompt_msgs = store.read(p_ref, columns=["prompt_id", "messages"])
-    primary_scores = score_rows.filter(pl.col("scorer") == (primary or "")).unique("sample_id", keep="first")
-    frame = samp.join(primary_scores.select("sample_id", "score", "spread"), on="sample_id", how="left").lazy()
-    if cfg.strategy != "spin_pairs" and not (cfg.strategy == "sppo_winrate" and j_ref):
+def _pick(names: list[str], wanted: str | None, *, role: str) -> str | None:
+    if wanted is None:
+        return names[0] if names else None
+    if wanted not in names:
+        raise ValueError(f"pairs.{role} {wanted!r} is not among the scorers given to the pairs stage "
+                         f"({', '.join(names) or 'none'}); name one of them")
+    return wanted
+
+
+class PairsWork(WorkBase):
+    """The pairs stage on the driver: the whole output is computed in `prepare` (pure frame work
+    over pinned inputs), then committed in chunks."""
+
+    def __init__(self, store: Store, cfg: PairsConfig, *, samples: TableRef, prompts: TableRef, scores: ScoresArg,
+                 judgments: TableRef | None, steps: TableRef | None, output: str, batch_size: int):
+        self.store, self.cfg, self.samples, self.prompts = store, cfg, samples, prompts
+        self.spec = strategy(cfg.strategy)
+        self.judgments, self.steps, self.batch_size = judgments, steps, batch_size
+        self.score_rows, names = _score_rows(store, scores)
+        self.primary = _pick([n for n in names if n != cfg.agreement_scorer], cfg.scorer, role="scorer")
+        self.agreement = _pick(names, cfg.agreement_scorer, role="agreement_scorer") if cfg.agreement_scorer else None
+        if self.spec.needs_scores and self.primary is None and not (self.spec.accepts_judgments and judgments):
+            raise ValueError(f"pair strategy {cfg.strategy!r} needs scores; give the pairs stage a scorer's table")
+        if self.spec.needs_steps and steps is None:
+            raise ValueError(f"pair strategy {cfg.strategy!r} needs a step-labels table (a `steps` stage)")
+        self.decontam = store.ref(cfg.decontam_against) if cfg.decontam_against else None
+        self.reviews = store.ref(cfg.reviews) if cfg.reviews else None
+        ids = lambda name: sorted(set(self.score_rows.filter(pl.col("source") == name)["scorer"].to_list()))  # noqa: E731
+        parents = [samples, prompts, *[store.ref(r) for r in (scores.values() if isinstance(scores, Mapping)
+                                                               else scores)],
+                   *[r for r in (judgments, steps, self.decontam, self.reviews) if r is not None]]
+        self.kind = self.spec.output_kind
+        self.identity = Identity(stage="pairs", output=output, kind=self.kind, parents=tuple(parents),
+                                 config={"pairs": cfg.model_dump(mode="json"), "scorer": self.primary,
+                                         "scorer_ids": ids(self.primary) if self.primary else [],
+                                         "agreement_ids": ids(self.agreement) if self.agreement else []})
+        self.rows = pl.DataFrame()
+        self.n_samples = 0
+        self.key = ""
+
+    def prepare(self, run: StageRun) -> None:
+        self.key = run.key
+        self.rows = _compute(self, run)
+
+    def total_units(self) -> int:
+        return self.rows.height
+
+    def rows_in(self) -> int:
+        return self.n_samples
+
+    def target_keys(self) -> list[str]:
+        return self.rows[self.key].to_list()
+
+    def todo(self, done: set[str]):
+        return frame_items(self.rows, self.key, done=done, size=self.batch_size)
+
+    def process(self, items):
+        return rows_batch(items)
+
+
+def _compute(w: PairsWork, run: StageRun) -> pl.DataFrame:
+    store, cfg, spec = w.store, w.cfg, w.spec
+    samp = store.read(w.samples, columns=["sample_id", "prompt_id", "completion", "finish_reason", "is_reference"])
+    w.n_samples = samp.height
+    prompt_msgs = store.read(w.prompts, columns=["prompt_id", "messages"])
+    primary = w.score_rows.filter(pl.col("source") == (w.primary or "")).unique("sample_id", keep="first")
+    frame = samp.join(primary.select("sample_id", "score", "spread"), on="sample_id", how="left").lazy()
+    if spec.needs_steps:
+        labels = store.read(w.steps, columns=["sample_id", "first_wrong_step", "n_steps"])
+        frame = frame.join(labels.lazy(), on="sample_id", how="left")
+        frame = drops.mark(frame, pl.col("n_steps").is_null(), pl.lit("no_step_labels"))
+    elif spec.needs_scores and not (spec.accepts_judgments and w.judgments):
         frame = drops.mark_invalid(frame, "score")
     if cfg.max_spread is not None:
         frame = spread_filter(frame.with_columns(pl.col("spread").fill_null(0.0)), max_spread=cfg.max_spread)
-    frame = _text_filters(store, cfg, frame, prompt_msgs, e_ref)
+    frame = _text_filters(store, cfg, frame, prompt_msgs, w.decontam)
     judged = None
-    if j_ref is not None:
-        j = position_swap_filter(store.scan(j_ref), drop_ties=cfg.drop_judge_ties).collect()
+    if w.judgments is not None:
+        j = position_swap_filter(store.scan(w.judgments), drop_ties=cfg.drop_judge_ties).collect()
         j_kept, j_dropped = (f.collect() for f in drops.split(j.lazy()))
         run.quarantine(drops_frame(j_dropped, key="judgment_id"))
         judged = j_kept.lazy()
     frame = frame.collect()
-    if cfg.strategy == "kto_unpaired":
-        frame = kto_unpaired(frame.lazy(), mode=cfg.kto_mode, fraction=cfg.kto_fraction,
-                             desirable_above=cfg.kto_desirable_above, undesirable_below=cfg.kto_undesirable_below,
-                             per_prompt=cfg.kto_per_prompt).collect()
-    elif cfg.strategy == "rft_topk":
-        frame = _rft_topk(frame, cfg)
+    if spec.output_kind != "pairs":
+        frame = spec.select(cfg, frame.lazy(), judged).collect()
     sample_kept, sample_dropped = (f.collect() for f in drops.split(frame.lazy()))
     run.quarantine(drops_frame(sample_dropped, key="sample_id"))
-    if kind == "unpaired":
+    if spec.output_kind == "unpaired":
         rows = _rows_unpaired(sample_kept, prompt_msgs)
-    elif kind == "sft":
+    elif spec.output_kind == "sft":
         rows = _rows_sft(sample_kept, prompt_msgs)
     else:
-        rows = _pairs(cfg, run, sample_kept, prompt_msgs, score_rows, judged)
-    key = run.key
-    for start in range(0, rows.height, batch_size):
-        run.write(rows.slice(start, batch_size))
-    log.info("pairs: %d %s rows from %d samples (%s)", rows.height, kind, samp.height, cfg.strategy)
-    return run.finish(rows_in=samp.height, target_keys=rows[key].to_list())
+        rows = _pairs(w, run, sample_kept, prompt_msgs, judged)
+    log.info("pairs: %d %s rows from %d samples (%s)", rows.height, spec.output_kind, samp.height, cfg.strategy)
+    return rows
+
+
+def build_pairs(store: Store, *, samples: TableRef | str, prompts: TableRef | str, scores: ScoresArg = (),
+                judgments: TableRef | str | None = None, steps: TableRef | str | None = None,
+                cfg: PairsConfig | dict | None = None, output: str, batch_size: int = 5000) -> TableRef:
+    """Build pairs (or KTO / SFT rows) from pinned inputs; return the completed `output` version.
+    `scores`: {scorer name: scores table} (names as in the recipe) or a list of scores tables."""
+    cfg = PairsConfig.model_validate(cfg or {})
+    work = PairsWork(store, cfg, samples=store.ref(samples), prompts=store.ref(prompts), scores=scores,
+                     judgments=store.ref(judgments) if judgments is not None else None,
+                     steps=store.ref(steps) if steps is not None else None, output=output, batch_size=batch_size)
+    return drive(store, work, batch_size=batch_size)
 
 
 def _text_filters(store: Store, cfg: PairsConfig, frame: pl.LazyFrame, prompt_msgs: pl.DataFrame,
@@ -197,25 +254,23 @@ def _text_filters(store: Store, cfg: PairsConfig, frame: pl.LazyFrame, prompt_ms
     return frame
 
 
-def _pairs(cfg: PairsConfig, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.DataFrame,
-           score_rows: pl.DataFrame, judged: pl.LazyFrame | None) -> pl.DataFrame:
-    pairs = _strategy(cfg, kept.lazy(), judged).collect()
+def _pairs(w: PairsWork, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.DataFrame,
+           judged: pl.LazyFrame | None) -> pl.DataFrame:
+    cfg, spec = w.cfg, w.spec
+    pairs = spec.select(cfg, kept.lazy(), judged).collect()
     texts = kept.select("sample_id", "completion")
     pairs = (pairs.join(texts.rename({"sample_id": "chosen_id", "completion": "chosen_text"}), on="chosen_id", how="left")
              .join(texts.rename({"sample_id": "rejected_id", "completion": "rejected_text"}), on="rejected_id",
                    how="left"))
     lf = pairs.lazy()
-    if cfg.strategy != "spin_pairs":      # SPIN needs no scores; its strategy already drops identical text
+    if spec.margin_filtered:
         lf = margin_filter(lf, chosen_text="chosen_text", rejected_text="rejected_text", min_margin=cfg.min_margin,
                            tie_tolerance=cfg.tie_tolerance)
     if cfg.max_length_ratio is not None:
         lf = length_ratio_filter(lf, chosen="chosen_text", rejected="rejected_text", max_ratio=cfg.max_length_ratio,
                                  unit=cfg.length_unit)
-    if cfg.agreement_scorer is not None:
-        other = score_rows.filter(pl.col("scorer") == cfg.agreement_scorer).unique("sample_id", keep="first")
-        if other.is_empty():
-            raise ValueError(f"agreement_scorer {cfg.agreement_scorer!r} has no rows in the scores tables; "
-                             f"they hold: {', '.join(sorted(set(score_rows['scorer'].to_list())))}")
+    if w.agreement is not None:
+        other = w.score_rows.filter(pl.col("source") == w.agreement).unique("sample_id", keep="first")
         o = other.select("sample_id", "score").lazy()
         lf = (lf.join(o.rename({"sample_id": "chosen_id", "score": "chosen_score_b"}), on="chosen_id", how="left")
               .join(o.rename({"sample_id": "rejected_id", "score": "rejected_score_b"}), on="rejected_id", how="left"))
@@ -223,12 +278,25 @@ def _pairs(cfg: PairsConfig, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.
         lf = agreement_filter(lf, strict_ties=cfg.agreement_strict_ties)
         lf = lf.with_columns(pl.when(no_pair).then(pl.lit("no_valid_pair")).otherwise(pl.col(drops.DROP))
                              .alias(drops.DROP))
+    if w.reviews is not None:     # people's decisions, before pair ids are hashed: a swap gets its new id
+        from filters.reviews import ReviewPolicy, apply_reviews
+
+        lf = apply_reviews(lf, w.store.scan(w.reviews),
+                           policy=ReviewPolicy(conflicts=cfg.review_conflicts, rescue=tuple(cfg.review_rescue)))
     pairs = lf.collect().with_columns(
         pl.when(pl.col("chosen_id").is_not_null()).then(
             pl.struct("prompt_id", "chosen_id", "rejected_id", "strategy").map_elements(
                 lambda r: keys.pair_id(r["prompt_id"], r["chosen_id"], r["rejected_id"], r["strategy"]),
                 return_dtype=pl.String)).alias("pair_id"))
     kept_pairs, dropped = (f.collect() for f in drops.split(pairs.lazy()))
+    if w.reviews is not None:     # lineage: a swapped pair's old orientation leaves like any dropped row
+        from filters.reviews import review_counts
+
+        log.info("pairs: reviews %s", review_counts(pairs.lazy()))
+        swapped = kept_pairs.filter(pl.col("review_outcome") == "swap")
+        run.quarantine((keys.pair_id(r["prompt_id"], r["rejected_id"], r["chosen_id"], r["strategy"]), "human_swapped",
+                        {"pair_id": r["pair_id"], "chosen_id": r["chosen_id"], "rejected_id": r["rejected_id"]})
+                       for r in swapped.iter_rows(named=True))
     dropped = dropped.with_columns(pl.coalesce("pair_id", "prompt_id").alias("_key"))
     run.quarantine(drops_frame(dropped, key="_key"))
     out = kept_pairs.join(prompt_msgs.rename({"messages": "prompt"}), on="prompt_id", how="left")
@@ -243,18 +311,6 @@ def _as_messages(texts: pl.Series) -> pl.Series:
     """Each text -> [{"role": "assistant", "content": text}] (TRL's conversational completion)."""
     return pl.Series([[{"role": "assistant", "content": t}] for t in texts.to_list()],
                      dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})))
-
-
-def _rft_topk(frame: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame:
-    """Rejection-sampling selection: the top_k best valid samples of each prompt (ties by sample_id),
-    optionally only those scoring at least min_score; the rest are not selected (not dropped)."""
-    kept = drops.kept_only(frame.lazy()).collect()
-    rank = pl.struct((-pl.col("score")).alias("s"), pl.col("sample_id")).rank("ordinal").over("prompt_id")
-    chosen = kept.filter(rank <= cfg.top_k)
-    if cfg.min_score is not None:
-        chosen = chosen.filter(pl.col("score") >= cfg.min_score)
-    dropped = frame.filter(pl.col(drops.DROP).is_not_null())
-    return pl.concat([chosen, dropped.select(chosen.columns)])
 
 
 def _rows_unpaired(kept: pl.DataFrame, prompt_msgs: pl.DataFrame) -> pl.DataFrame:

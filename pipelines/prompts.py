@@ -25,23 +25,36 @@ from generators.backends.base import Backend, Sampling
 from generators.listparse import Parsed
 from pipelines import keys
 from pipelines.schemas import get_schema
+from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
 from pipelines.stage import StageRun
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.prompts")
 
 
-def split_of(prompt_id: str, heldout_fraction: float) -> str:
-    """'heldout' for a deterministic `heldout_fraction` of prompt ids, else 'train'."""
-    return "heldout" if int(prompt_id[:8], 16) / 2**32 < heldout_fraction else "train"
+SPLITS = ("train", "validation", "heldout")
 
 
-def prompt_row(messages: Sequence[dict], *, task_type: str | None, source: str, heldout_fraction: float,
-               topic_id: str | None = None, constraints: str = "[]", reference: str | None = None) -> dict:
+def split_of(prompt_id: str, heldout_fraction: float, validation_fraction: float = 0.0) -> str:
+    """The split of a new prompt, by its id's hash: 'heldout' (the test split evals run on) for a
+    `heldout_fraction` of ids, 'validation' (for tuning) for the next `validation_fraction`, else
+    'train'. Prompts derived from a prompt (refined, evolved, constrained, dialogues) keep its split."""
+    u = int(prompt_id[:8], 16) / 2**32
+    return "heldout" if u < heldout_fraction else "validation" if u < heldout_fraction + validation_fraction else "train"
+
+
+def prompt_row(messages: Sequence[dict], *, task_type: str | None, source: str, heldout_fraction: float = 0.0,
+               validation_fraction: float = 0.0, topic_id: str | None = None, constraints: str = "[]",
+               reference: str | None = None, split: str | None = None) -> dict:
+    """A prompts-table row; `split` carries a parent's split (derived prompts), else it is drawn
+    from the new id with the two fractions."""
     msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
     pid = keys.prompt_id(msgs)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     return {"prompt_id": pid, "messages": msgs, "task_type": task_type, "constraints": constraints,
-            "reference": reference, "source": source, "topic_id": topic_id, "split": split_of(pid, heldout_fraction)}
+            "reference": reference, "source": source, "topic_id": topic_id,
+            "split": split or split_of(pid, heldout_fraction, validation_fraction)}
 
 
 def prompts_frame(rows: list[dict]) -> pl.DataFrame:
@@ -78,6 +91,7 @@ class PromptWriteConfig(GenConfig):
     n_prompts: int = Field(5, ge=1, description="quota of prompts per (topic, task type)")
     language: str = Field("Python", description="programming language of coding prompts")
     heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
+    validation_fraction: float = Field(0.0, ge=0, le=1, description="fraction assigned to the validation split")
 
 
 class RewriteConfig(GenConfig):
@@ -85,7 +99,6 @@ class RewriteConfig(GenConfig):
                                               "Evol-Instruct add_constraints/deepen/concretize")
     ops: tuple[evolve.EvolOp, ...] = Field(evolve.EVOL_OPS, description="evolution ops, one picked per prompt")
     keep_original: bool = Field(False, description="also copy the input prompts to the output")
-    heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
 
 
 def _stage_config(cfg: BaseModel) -> dict:
@@ -104,112 +117,182 @@ def topic_id(text: str, parent: str | None) -> str:
     return keys.content_hash("topic", parent or "", keys.normalize_text(text).casefold())
 
 
+class TopicsWork(WorkBase):
+    """Macro topics (given, or generated once in `prepare`), then one subtopic request per macro
+    topic (item key = the macro topic id; done = it has subtopics or a quarantined request)."""
+
+    def __init__(self, store: Store, backend: Backend, cfg: TopicTreeConfig, *, output: str):
+        self.store, self.backend, self.cfg, self.output = store, backend, cfg, output
+        self.identity = Identity(stage="topics", output=output, kind="topics", config=_stage_config(cfg),
+                                 models=_models(backend), templates=topics.template_hashes(cfg.template_dir))
+        self.macro: list[tuple[str, str, str]] = []
+        self.schema = get_schema("topics").schema
+
+    def prepare(self, run: StageRun) -> None:
+        cfg, backend = self.cfg, self.backend
+        have = self.store.read(self.output) if self.store.exists(self.output) else pl.DataFrame(schema=self.schema)
+        src = f"generated:{backend.model_id}"
+        if cfg.macro_topics:
+            macro = [(topic_id(t, None), t, "given") for t in dict.fromkeys(cfg.macro_topics)]
+        else:
+            old = have.filter((pl.col("depth") == 0) & (pl.col("source") == src))
+            macro = [(r["topic_id"], r["text"], src) for r in old.to_dicts()][:cfg.n_macro]
+            if not macro:
+                results = topics.generate_topics(backend, n=cfg.n_macro, sampling=cfg.sampling(), domain=cfg.domain,
+                                                 attempts=cfg.attempts, template_dir=cfg.template_dir)
+                run.quarantine([_bad(keys.content_hash("topics-request", i), p) for i, p in enumerate(results)
+                                if p.error])
+                macro = [(topic_id(t, None), t, src) for t in topics.topics_of(results, limit=cfg.n_macro)]
+        run.write(pl.DataFrame([{"topic_id": k, "parent_id": None, "depth": 0, "text": t, "source": s}
+                                for k, t, s in macro], schema=self.schema))
+        self.macro = macro
+
+    def total_units(self) -> int:
+        return len(self.macro) if self.cfg.n_subtopics else 0
+
+    def rows_in(self) -> int:
+        return len(self.macro)
+
+    def todo(self, done: set[str]) -> list[Item]:
+        if not self.cfg.n_subtopics:
+            return []
+        out = self.store.read(self.output, columns=["topic_id", "parent_id"])
+        quarantined = done - set(out["topic_id"].to_list())    # committed macro ids are rows, not requests
+        asked = quarantined | set(out["parent_id"].drop_nulls().to_list())
+        return [Item(k, t) for k, t, _ in self.macro if k not in asked]
+
+    def process(self, items: list[Item]) -> Batch:
+        src = f"generated:{self.backend.model_id}"
+        results = topics.generate_subtopics(self.backend, [it.payload for it in items], n=self.cfg.n_subtopics,
+                                            sampling=self.cfg.sampling(), template_dir=self.cfg.template_dir)
+        rows = [{"topic_id": topic_id(t, it.key), "parent_id": it.key, "depth": 1, "text": t, "source": src}
+                for it, p in zip(items, results) for t in p.items]
+        frame = pl.DataFrame(rows, schema=self.schema).unique("topic_id", keep="first", maintain_order=True)
+        return Batch(rows=frame, bad=[_bad(it.key, p) for it, p in zip(items, results) if p.error],
+                     usage=_usage(results))
+
+    def target_keys(self) -> list[str]:
+        ids = [k for k, _, _ in self.macro]
+        now = self.store.read(self.output, columns=["topic_id", "parent_id"])
+        return now.filter(pl.col("topic_id").is_in(ids) | pl.col("parent_id").is_in(ids))["topic_id"].to_list()
+
+
+def _usage(results: Sequence[Parsed]) -> Usage:
+    return Usage(calls=len(results))
+
+
 def topics_stage(store: Store, backend: Backend, cfg: TopicTreeConfig, *, output: str = "topics") -> TableRef:
     """Macro topics (given or generated) and subtopics per topic -> a `topics` table."""
-    run = StageRun(store, stage="topics", output=output, kind="topics", config=_stage_config(cfg),
-                   models=_models(backend), templates=topics.template_hashes(cfg.template_dir))
-    if run.reused:
-        return run.reused
-    schema = get_schema("topics").schema
-    have = store.read(output) if store.exists(output) else pl.DataFrame(schema=schema)
-    done = run.done_keys()
-    src = f"generated:{backend.model_id}"
-    if cfg.macro_topics:
-        macro = [(topic_id(t, None), t, "given") for t in dict.fromkeys(cfg.macro_topics)]
-    else:
-        old = have.filter((pl.col("depth") == 0) & (pl.col("source") == src))
-        macro = [(r["topic_id"], r["text"], src) for r in old.to_dicts()][:cfg.n_macro]
-        if not macro:
-            results = topics.generate_topics(backend, n=cfg.n_macro, sampling=cfg.sampling(), domain=cfg.domain,
-                                             attempts=cfg.attempts, template_dir=cfg.template_dir)
-            run.quarantine([_bad(keys.content_hash("topics-request", i), p) for i, p in enumerate(results) if p.error])
-            macro = [(topic_id(t, None), t, src) for t in topics.topics_of(results, limit=cfg.n_macro)]
-    run.write(pl.DataFrame([{"topic_id": k, "parent_id": None, "depth": 0, "text": t, "source": s}
-                            for k, t, s in macro], schema=schema))
-    asked = done | set(have.get_column("parent_id").drop_nulls().to_list())
-    todo = [(k, t) for k, t, _ in macro if k not in asked] if cfg.n_subtopics else []
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        results = topics.generate_subtopics(backend, [t for _, t in batch], n=cfg.n_subtopics,
-                                            sampling=cfg.sampling(), template_dir=cfg.template_dir)
-        rows = [{"topic_id": topic_id(s, k), "parent_id": k, "depth": 1, "text": s, "source": src}
-                for (k, _), p in zip(batch, results) for s in p.items]
-        run.write(pl.DataFrame(rows, schema=schema).unique("topic_id", keep="first", maintain_order=True))
-        run.quarantine([_bad(k, p) for (k, _), p in zip(batch, results) if p.error])
-    macro_ids = {k for k, _, _ in macro}
-    now = store.read(output, columns=["topic_id", "parent_id"])
-    target = now.filter(pl.col("topic_id").is_in(list(macro_ids)) | pl.col("parent_id").is_in(list(macro_ids)))
-    return run.finish(rows_in=len(macro), target_keys=target.get_column("topic_id").to_list())
+    return drive(store, TopicsWork(store, backend, cfg, output=output), batch_size=cfg.batch_size)
+
+
+class WriteWork(WorkBase):
+    """One prompt-writing request per (leaf topic, task type); done = its prompts are written
+    (topic_id + task_type in the output) or the request was quarantined."""
+
+    def __init__(self, store: Store, backend: Backend, cfg: PromptWriteConfig, *, topics_ref: TableRef, output: str):
+        self.store, self.backend, self.cfg, self.topics, self.output = store, backend, cfg, topics_ref, output
+        self.identity = Identity(stage="write_prompts", output=output, kind="prompts", parents=(topics_ref,),
+                                 config=_stage_config(cfg), models=_models(backend),
+                                 templates=prompt_writer.template_hashes(cfg.task_types, refine=False,
+                                                                         template_dir=cfg.template_dir))
+        self.requests: list[tuple[str, str, str, str]] = []
+        self.leaf_ids: set[str] = set()
+
+    def prepare(self, run: StageRun) -> None:
+        tt = self.store.read(self.topics)
+        parents = set(tt.get_column("parent_id").drop_nulls().to_list())
+        leaves = tt.filter(~pl.col("topic_id").is_in(list(parents)))
+        self.leaf_ids = set(leaves["topic_id"].to_list())
+        self.requests = [(keys.content_hash("prompt-request", r["topic_id"], t), r["topic_id"], r["text"], t)
+                         for t in self.cfg.task_types for r in leaves.to_dicts()]
+
+    def total_units(self) -> int:
+        return len(self.requests)
+
+    def todo(self, done: set[str]) -> list[Item]:
+        if self.store.exists(self.output):
+            have = self.store.read(self.output, columns=["topic_id", "task_type"]).unique()
+            done = done | {keys.content_hash("prompt-request", a, b) for a, b in have.iter_rows()}
+        return [Item(r[0], r) for r in self.requests if r[0] not in done]
+
+    def process(self, items: list[Item]) -> Batch:
+        rows, bad, calls = [], [], 0
+        for task_type in self.cfg.task_types:
+            group = [it.payload for it in items if it.payload[3] == task_type]
+            if not group:
+                continue
+            results = prompt_writer.write_prompts(self.backend, [r[2] for r in group], task_type=task_type,
+                                                  n=self.cfg.n_prompts, sampling=self.cfg.sampling(),
+                                                  language=self.cfg.language, template_dir=self.cfg.template_dir)
+            calls += len(results)
+            rows += [prompt_row([{"role": "user", "content": text}], task_type=task_type, source="generated",
+                                topic_id=r[1], heldout_fraction=self.cfg.heldout_fraction,
+                                validation_fraction=self.cfg.validation_fraction)
+                     for r, p in zip(group, results) for text in p.items]
+            bad += [_bad(r[0], p) for r, p in zip(group, results) if p.error]
+        return Batch(rows=prompts_frame(rows), bad=bad, usage=Usage(calls=calls))
+
+    def target_keys(self) -> list[str]:
+        if not self.store.exists(self.output):
+            return []
+        out = self.store.read(self.output, columns=["prompt_id", "topic_id"])
+        return out.filter(pl.col("topic_id").is_in(list(self.leaf_ids)))["prompt_id"].to_list()
 
 
 def write_stage(store: Store, backend: Backend, cfg: PromptWriteConfig, *, topics_ref: str | TableRef = "topics",
                 output: str = "prompts") -> TableRef:
     """Prompts per (leaf topic, task type): leaves are subtopics, or macro topics without any."""
-    tref = store.ref(topics_ref)
-    run = StageRun(store, stage="write_prompts", output=output, kind="prompts", parents=[tref],
-                   config=_stage_config(cfg), models=_models(backend),
-                   templates=prompt_writer.template_hashes(cfg.task_types, refine=False, template_dir=cfg.template_dir))
-    if run.reused:
-        return run.reused
-    tt = store.read(tref)
-    parents = set(tt.get_column("parent_id").drop_nulls().to_list())
-    leaves = tt.filter(~pl.col("topic_id").is_in(list(parents)))
-    requests = [(keys.content_hash("prompt-request", r["topic_id"], t), r["topic_id"], r["text"], t)
-                for t in cfg.task_types for r in leaves.to_dicts()]
-    done = run.done_keys()
-    if store.exists(output):
-        have = store.read(output, columns=["topic_id", "task_type"]).unique()
-        done |= {keys.content_hash("prompt-request", a, b) for a, b in have.iter_rows()}
-    todo = [r for r in requests if r[0] not in done]
-    for task_type in cfg.task_types:
-        group = [r for r in todo if r[3] == task_type]
-        for start in range(0, len(group), cfg.batch_size):
-            batch = group[start:start + cfg.batch_size]
-            results = prompt_writer.write_prompts(backend, [r[2] for r in batch], task_type=task_type, n=cfg.n_prompts,
-                                                  sampling=cfg.sampling(), language=cfg.language,
-                                                  template_dir=cfg.template_dir)
-            rows = [prompt_row([{"role": "user", "content": text}], task_type=task_type, source="generated",
-                               topic_id=r[1], heldout_fraction=cfg.heldout_fraction)
-                    for r, p in zip(batch, results) for text in p.items]
-            run.write(prompts_frame(rows))
-            run.quarantine([_bad(r[0], p) for r, p in zip(batch, results) if p.error])
-    tids = set(leaves.get_column("topic_id").to_list())
-    target = store.read(output, columns=["prompt_id", "topic_id"]).filter(pl.col("topic_id").is_in(list(tids))) \
-        if store.exists(output) else pl.DataFrame({"prompt_id": []})
-    return run.finish(rows_in=len(requests), target_keys=target.get_column("prompt_id").to_list())
+    work = WriteWork(store, backend, cfg, topics_ref=store.ref(topics_ref), output=output)
+    return drive(store, work, batch_size=cfg.batch_size)
 
 
-def rewrite_stage(store: Store, backend: Backend, cfg: RewriteConfig, *, prompts: str | TableRef = "prompts",
-                  output: str = "prompts_refined") -> TableRef:
-    """Refine or evolve each prompt (single-turn user prompts) into a new prompt row; the source
-    column records `<kind>:<op>:<parent prompt_id>`. Rejected evolutions are quarantined."""
-    pref = store.ref(prompts)
-    templates = (prompt_writer.template_hashes([], refine=True, template_dir=cfg.template_dir) if cfg.kind == "refine"
-                 else evolve.template_hashes(cfg.ops, cfg.template_dir))
-    run = StageRun(store, stage=cfg.kind, output=output, kind="prompts", parents=[pref], config=_stage_config(cfg),
-                   models=_models(backend), templates=templates)
-    if run.reused:
-        return run.reused
-    src = store.read(pref)
-    done = run.done_keys() - set(store.keys(output).to_list())      # quarantined parents of this config
-    if store.exists(output):
-        done |= {s.rsplit(":", 1)[-1] for s in store.read(output, columns=["source"]).get_column("source").drop_nulls()
-                 if s.startswith(cfg.kind + ":")}
-    target: list[str] = []
-    if cfg.keep_original:
-        run.write(src)
-        target += src.get_column("prompt_id").to_list()
-    todo = [r for r in src.to_dicts() if r["prompt_id"] not in done]
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
+class RewriteWork(WorkBase):
+    """Refine or evolve each prompt into a new prompt row (source `<kind>:<op>:<parent id>`); one
+    item per input prompt, done when a row names it as its parent or it was quarantined."""
+
+    def __init__(self, store: Store, backend: Backend, cfg: RewriteConfig, *, prompts: TableRef, output: str):
+        self.store, self.backend, self.cfg, self.prompts, self.output = store, backend, cfg, prompts, output
+        templates = (prompt_writer.template_hashes([], refine=True, template_dir=cfg.template_dir)
+                     if cfg.kind == "refine" else evolve.template_hashes(cfg.ops, cfg.template_dir))
+        self.identity = Identity(stage=cfg.kind, output=output, kind="prompts", parents=(prompts,),
+                                 config=_stage_config(cfg), models=_models(backend), templates=templates)
+        self.src = pl.DataFrame()
+
+    def prepare(self, run: StageRun) -> None:
+        self.src = self.store.read(self.prompts)
+        if self.cfg.keep_original:
+            run.write(self.src)
+
+    def total_units(self) -> int:
+        return self.src.height
+
+    def _made(self) -> set[str]:
+        """Parent prompt ids that already have a rewritten row of this kind."""
+        if not self.store.exists(self.output):
+            return set()
+        pref = self.cfg.kind + ":"
+        return {s.rsplit(":", 1)[-1] for s in self.store.read(self.output, columns=["source"])["source"].drop_nulls()
+                if s.startswith(pref)}
+
+    def todo(self, done: set[str]) -> list[Item]:
+        kept = set(self.src["prompt_id"].to_list()) if self.cfg.keep_original else set()
+        quarantined = done - set(self.store.keys(self.output).to_list()) if self.store.exists(self.output) else done
+        skip = (quarantined - kept) | self._made()
+        return [Item(r["prompt_id"], r) for r in self.src.to_dicts() if r["prompt_id"] not in skip]
+
+    def process(self, items: list[Item]) -> Batch:
+        cfg, batch = self.cfg, [it.payload for it in items]
         texts = [r["messages"][-1]["content"] for r in batch]
         if cfg.kind == "refine":
             ops = ["refine"] * len(batch)
-            results = prompt_writer.refine_prompts(backend, texts, task_types=[r["task_type"] or "open_qa" for r in batch],
+            results = prompt_writer.refine_prompts(self.backend, texts,
+                                                   task_types=[r["task_type"] or "open_qa" for r in batch],
                                                    sampling=cfg.sampling(), template_dir=cfg.template_dir)
         else:
             ops = [evolve.pick_op(r["prompt_id"], cfg.ops, seed=cfg.seed) for r in batch]
-            results = evolve.evolve_prompts(backend, texts, ops=ops, sampling=cfg.sampling(), template_dir=cfg.template_dir)
+            results = evolve.evolve_prompts(self.backend, texts, ops=ops, sampling=cfg.sampling(),
+                                            template_dir=cfg.template_dir)
         rows, bad = [], []
         for r, op, text, p in zip(batch, ops, texts, results):
             reason = "unparseable_output" if p.error else (
@@ -220,15 +303,27 @@ def rewrite_stage(store: Store, backend: Backend, cfg: RewriteConfig, *, prompts
             msgs = [*r["messages"][:-1], {"role": "user", "content": p.text}]
             rows.append(prompt_row(msgs, task_type=r["task_type"], source=f"{cfg.kind}:{op}:{r['prompt_id']}",
                                    topic_id=r["topic_id"], constraints=r["constraints"] or "[]",
-                                   reference=None, heldout_fraction=cfg.heldout_fraction))
-        run.write(prompts_frame(rows))
-        run.quarantine(bad)
-    parents = set(src.get_column("prompt_id").to_list())
-    if store.exists(output):
-        out = store.read(output, columns=["prompt_id", "source"]).filter(
-            pl.col("source").str.split(":").list.last().is_in(list(parents)) & pl.col("source").str.starts_with(cfg.kind + ":"))
-        target += out.get_column("prompt_id").to_list()
-    return run.finish(rows_in=src.height, target_keys=target)
+                                   reference=None, split=r["split"]))
+        return Batch(rows=prompts_frame(rows), bad=bad, usage=Usage(calls=len(results)))
+
+    def target_keys(self) -> list[str]:
+        target = self.src["prompt_id"].to_list() if self.cfg.keep_original else []
+        if self.store.exists(self.output):
+            parents = set(self.src["prompt_id"].to_list())
+            out = self.store.read(self.output, columns=["prompt_id", "source"]).filter(
+                pl.col("source").str.split(":").list.last().is_in(list(parents))
+                & pl.col("source").str.starts_with(self.cfg.kind + ":"))
+            target += out["prompt_id"].to_list()
+        return target
+
+
+def rewrite_stage(store: Store, backend: Backend, cfg: RewriteConfig, *, prompts: str | TableRef = "prompts",
+                  output: str = "prompts_refined") -> TableRef:
+    """Refine or evolve each prompt (single-turn user prompts) into a new prompt row; the source
+    column records `<kind>:<op>:<parent prompt_id>`. Rejected evolutions are quarantined; with
+    keep_original the input prompts are copied to the output too."""
+    work = RewriteWork(store, backend, cfg, prompts=store.ref(prompts), output=output)
+    return drive(store, work, batch_size=cfg.batch_size)
 
 
 def describe_drops(store: Store, ref: TableRef) -> str:

@@ -57,7 +57,7 @@ class SamplingStageConfig(BaseModel):
     max_tokens: int = Field(256, ge=1, description="maximum completion length in tokens")
     stop: tuple[str, ...] = Field((), description="stop strings (cut from the text)")
     seed: int = Field(0, description="sampling seed; enters every sample key")
-    split: Literal["train", "heldout", "all"] = Field("train", description="which prompts to sample")
+    split: Literal["train", "validation", "heldout", "all"] = Field("train", description="which prompts to sample")
     batch_size: int = Field(64, ge=1, description="prompts per backend call and per commit (not in keys)")
 
     def sampling(self) -> Sampling:
@@ -82,13 +82,14 @@ class SampleWork(WorkBase):
     plus one item per SPIN gold answer."""
 
     def __init__(self, store: Store, backend: Backend, cfg: SamplingStageConfig, *, prompts: TableRef,
-                 output: str):
+                 output: str, only: set[str] | None = None):
         if not backend.revision:
             raise ValueError(f"backend {backend.model_id!r} has no revision; call backend.load() before sampling")
-        self.store, self.backend, self.cfg, self.prompts = store, backend, cfg, prompts
+        self.store, self.backend, self.cfg, self.prompts, self.only = store, backend, cfg, prompts, only
         self.sampling = cfg.sampling()
         self.identity = Identity(stage="sample", output=output, kind="samples", parents=(prompts,),
-                                 config=cfg.model_dump(mode="json", exclude={"batch_size"}),
+                                 config={**cfg.model_dump(mode="json", exclude={"batch_size"}),
+                                         **({"prompt_ids": sorted(only)} if only is not None else {})},
                                  models={"policy": {"id": backend.model_id, "revision": backend.revision}})
         self.wanted: dict[str, list[str]] = {}
         self.convs: dict[str, list[dict]] = {}
@@ -100,6 +101,8 @@ class SampleWork(WorkBase):
         frame = self.store.read(self.prompts, columns=["prompt_id", "messages", "reference", "split"])
         if cfg.split != "all":
             frame = frame.filter(pl.col("split") == cfg.split)
+        if self.only is not None:
+            frame = frame.filter(pl.col("prompt_id").is_in(sorted(self.only)))
         if cfg.mode == "spin":
             no_ref = frame.filter(pl.col("reference").is_null() | (pl.col("reference").str.strip_chars() == ""))
             self.skipped = [(r["prompt_id"], "spin_needs_reference", {"prompt_id": r["prompt_id"]})

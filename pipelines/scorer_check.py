@@ -21,7 +21,7 @@ import polars as pl
 from generators.backends.base import Backend
 from generators.scorers.config import build_scorer, parse_scorer_config
 from generators.scorers.judge_parse import swap_verdict
-from pipelines.scoring import _RuleScorer
+from pipelines.scoring import evaluate_frame
 from pipelines.store import Store, TableRef
 
 
@@ -45,21 +45,16 @@ def _pairs_frame(store: Store, ref: TableRef, prompts: TableRef | None) -> pl.Da
 
 def _diffs(cfg: Any, pairs: pl.DataFrame, backend: Backend | None) -> tuple[str, np.ndarray]:
     """Scorer id and chosen - rejected per pair (NaN where either score failed)."""
-    n = pairs.height
-    if cfg.kind in ("rule_instructions", "rule_math"):
-        rule = _RuleScorer(cfg)
-        both = pl.concat([pairs.select("prompt_id", "constraints", "reference", pl.col(c).alias("completion"))
-                          for c in ("chosen_text", "rejected_text")])
-        s = rule.frame(both)["score"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        return rule.id, s[:n] - s[n:]
-    if cfg.kind == "ensemble":
+    if cfg.combines:
         raise ScorerCheckError("an ensemble combines scores already written; check each member scorer instead")
+    n = pairs.height
     scorer = build_scorer(cfg, backend=backend)
+    both = pl.concat([pairs.select(pl.col("prompt").alias("messages"), "constraints", "reference",
+                                   pl.lit(None, pl.String).alias("finish_reason"), pl.col(c).alias("completion"))
+                      for c in ("chosen_text", "rejected_text")])
     scorer.load()
     try:
-        prompts = pairs["prompt"].to_list()
-        res = scorer.evaluate(prompts + prompts, pairs["chosen_text"].to_list() + pairs["rejected_text"].to_list(),
-                              references=pairs["reference"].to_list() * 2)
+        res = evaluate_frame(scorer, cfg, both)
     finally:
         scorer.close()
     s = np.array([r.score if r.ok else math.nan for r in res], dtype=np.float64)
@@ -92,10 +87,12 @@ def check_scorer(store: Store, scorer_cfg: Any, pairs_ref: TableRef | str, *, ot
     cfg = parse_scorer_config(scorer_cfg)
     ref = store.ref(pairs_ref)
     p_ref = store.ref(prompts) if prompts is not None else None
-    if p_ref is None and cfg.kind in ("rule_instructions", "rule_math"):
-        raise ScorerCheckError(f"{cfg.kind} needs the prompts table (constraints / references); pass --prompts NAME")
+    needs = {"constraints", "references"} & set(cfg.inputs)
+    if p_ref is None and needs:
+        raise ScorerCheckError(f"{cfg.kind_name()} needs the prompts table (for their {' and '.join(sorted(needs))}); "
+                               "pass --prompts NAME[@VERSION] (the prompts table the pairs came from)")
     pairs = _pairs_frame(store, ref, p_ref)
-    if cfg.kind == "pairwise_judge":
+    if cfg.pairwise:
         result = _pairwise(cfg, pairs, backend)
     else:
         sid, d = _diffs(cfg, pairs, backend)

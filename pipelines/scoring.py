@@ -1,283 +1,144 @@
 """Scoring stage: pinned samples (+ their prompts) -> a `scores` table, one row per (sample,
-scorer), keyed `keys.score_id(sample_id, scorer_id)`. A pairwise judge writes `judgments`.
+scorer), keyed `keys.score_id(sample_id, scorer_id)`; a pairwise scorer writes a `judgments`
+table instead (pipelines/judging.py) and an ensemble combines written scores tables
+(pipelines/ensemble.py).
 
     ref = score_samples(store, samples="r1_samples", prompts="prompts",
                         scorer_cfg={"kind": "rm", "model": "path/to/rm"}, output="r1_scores_rm")
 
-Every kind of the scorer config union runs here: model scorers (rm, multi_rm, judge, critique)
-through generators/scorers, rule scorers (rule_instructions, rule_math) through
-filters/rule_rewards.py (`details` = JSON of the failed checks), `ensemble` by combining the
-scores tables it names, `pairwise_judge` by judging every pair of samples of a prompt in both
-orders. One scorer per output table: `finish` prunes rows that are not this run's.
-
-Resume is record-level: committed and quarantined keys are skipped; one atomic commit per batch.
-A reply that cannot be parsed, a NaN/inf score or a rule that does not apply (no constraints, no
-reference) goes to quarantine with its raw text, never a silent 0.
+Every point scorer (reward model, multi-attribute RM, pointwise judge, critique, rule, PRM)
+runs through the same interface (`evaluate`, generators/scorers/base.py) on the stage driver
+(pipelines/driver.py): record-level resume, one atomic commit per batch, and a reply that
+cannot be read, a NaN/inf score or a rule that does not apply goes to quarantine with its raw
+text, never a silent 0. One scorer per output table: `finish` prunes rows that are not this run's.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
 
 from generators.backends.base import Backend
-from generators.scorers.config import build_scorer, parse_scorer_config
-from generators.scorers.ensemble import EnsembleConfig
-from generators.scorers.rules import RuleInstructionsConfig, RuleMathConfig
-from filters import drops
-from filters.ensemble import ensemble
+from generators.scorers.config import parse_scorer_config
 from pipelines import keys
-from pipelines.stage import StageRun
+from pipelines.driver import Batch, Identity, Item, WorkBase, drive
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.scoring")
 
 Progress = Callable[[int, int], None]
+# A point scorer's declared `inputs` -> the joined sample/prompt column that feeds it.
+EXTRA_COLUMNS = {"references": "reference", "constraints": "constraints", "finish_reasons": "finish_reason"}
 
 
 def read_inputs(store: Store, samples: TableRef, prompts: TableRef) -> pl.DataFrame:
     """Samples joined with their prompt's messages, constraints and reference, in sample_id order."""
-    s = store.scan(samples).select("sample_id", "prompt_id", "completion")
+    s = store.scan(samples).select("sample_id", "prompt_id", "completion", "finish_reason")
     p = store.scan(prompts).select("prompt_id", "messages", "constraints", "reference")
     return s.join(p, on="prompt_id", how="left").sort("sample_id").collect()
 
 
-def _chunks(frame: pl.DataFrame, size: int):
-    for start in range(0, frame.height, size):
-        yield frame.slice(start, size)
-
-
-def _score_rows(batch: pl.DataFrame, scorer_id: str, scores, attributes, spreads, texts, details) -> pl.DataFrame:
+def score_rows(batch: pl.DataFrame, scorer_id: str, results: Sequence[Any]) -> pl.DataFrame:
+    """`scores` rows for the batch rows whose results are ok (same order)."""
     return pl.DataFrame({
         "score_id": batch["score_id"], "sample_id": batch["sample_id"], "prompt_id": batch["prompt_id"],
-        "scorer": [scorer_id] * batch.height, "score": pl.Series(scores, dtype=pl.Float64),
-        "attributes": pl.Series(attributes, dtype=pl.List(pl.Struct({"name": pl.String, "value": pl.Float64}))),
-        "spread": pl.Series(spreads, dtype=pl.Float64), "text": pl.Series(texts, dtype=pl.String),
-        "details": pl.Series(details, dtype=pl.String)})
+        "scorer": [scorer_id] * batch.height, "score": pl.Series([r.score for r in results], dtype=pl.Float64),
+        "attributes": pl.Series([None if r.attributes is None else [{"name": k, "value": v}
+                                                                     for k, v in r.attributes.items()]
+                                 for r in results],
+                                dtype=pl.List(pl.Struct({"name": pl.String, "value": pl.Float64}))),
+        "spread": pl.Series([r.spread for r in results], dtype=pl.Float64),
+        "text": pl.Series([r.text for r in results], dtype=pl.String),
+        "details": pl.Series([r.details for r in results], dtype=pl.String)})
 
 
-def _rule_code_hash(*modules) -> str:
-    """Hash of the rule code a score depends on: a changed check gives new score keys."""
-    h = hashlib.blake2b(digest_size=6)
-    for m in modules:
-        h.update(Path(m.__file__).read_bytes())
-    return h.hexdigest()
+def evaluate_frame(scorer: Any, cfg: Any, frame: pl.DataFrame) -> list:
+    """Run a point scorer on rows holding messages + completion (+ the extras it declares)."""
+    extras = {name: frame[EXTRA_COLUMNS[name]].to_list() for name in cfg.inputs}
+    return scorer.evaluate(frame["messages"].to_list(), frame["completion"].to_list(), **extras)
 
 
-class _RuleScorer:
-    """Adapter that gives a filters/rule_rewards function the stage's scorer shape."""
+class ScoreWork(WorkBase):
+    """One point scorer over every sample of a pinned samples version."""
 
-    def __init__(self, cfg: RuleInstructionsConfig | RuleMathConfig):
-        from filters import instructions, math_answer, rule_rewards
+    def __init__(self, store: Store, cfg: Any, *, samples: TableRef, prompts: TableRef, output: str,
+                 backend: Backend | None = None):
+        self.store, self.cfg, self.samples, self.prompts = store, cfg, samples, prompts
+        self.scorer = cfg.build(backend=backend)
+        self.id = self.scorer.id
+        self.identity = Identity(stage="score", output=output, kind="scores", parents=(samples, prompts),
+                                 config={"scorer": cfg.model_dump(mode="json"), "scorer_id": self.id},
+                                 models=self.scorer.models, templates=self.scorer.templates)
+        self.rows = pl.DataFrame()
+        self._loaded = False
 
-        self.cfg = cfg
-        self._code = _rule_code_hash(rule_rewards, instructions, math_answer)
-        self._fn = rule_rewards.instruction_reward if cfg.kind == "rule_instructions" else rule_rewards.math_reward
-        mode = f":{cfg.mode}" if isinstance(cfg, RuleInstructionsConfig) else ""
-        self.id = f"{cfg.kind}:{cfg.display_name()}{mode}:code#{self._code}"
-        self.models: dict[str, str] = {}
-        self.templates = {"filters/rule_rewards.py+instructions.py+math_answer.py": self._code}
+    def prepare(self, run) -> None:
+        sid = self.id
+        self.rows = read_inputs(self.store, self.samples, self.prompts).with_columns(
+            pl.col("sample_id").map_elements(lambda s: keys.score_id(s, sid), return_dtype=pl.String)
+            .alias("score_id"))
 
-    def frame(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """batch + score, failed (the rule's output), with null score where the rule cannot apply."""
-        lf = batch.lazy()
-        if isinstance(self.cfg, RuleInstructionsConfig):
-            out = self._fn(lf, response="completion", constraints="constraints", mode=self.cfg.mode)
-        else:
-            out = self._fn(lf, response="completion", reference="reference")
-        return out.collect()
+    def total_units(self) -> int:
+        return self.rows.height
 
+    def target_keys(self) -> list[str]:
+        return self.rows["score_id"].to_list()
 
-def _failed_json(value: Any) -> str:
-    if isinstance(value, pl.Series):
-        value = value.to_list()
-    return json.dumps({"failed": value if value is not None else []}, ensure_ascii=False, default=str)
+    def todo(self, done: set[str]) -> list[Item]:
+        todo = self.rows.filter(~pl.col("score_id").is_in(pl.Series(list(done), dtype=pl.String).implode()))
+        return [Item(r["score_id"], r) for r in todo.iter_rows(named=True)]
+
+    def process(self, items: list[Item]) -> Batch:
+        batch = pl.DataFrame([it.payload for it in items], schema=self.rows.schema)
+        orphans = batch.filter(pl.col("messages").is_null())
+        bad = [(r["score_id"], "unknown_prompt", {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"]})
+               for r in orphans.iter_rows(named=True)]
+        batch = batch.filter(pl.col("messages").is_not_null())
+        if batch.is_empty():
+            return Batch(bad=bad)
+        if not self._loaded:
+            self.scorer.load()
+            self._loaded = True
+        results = evaluate_frame(self.scorer, self.cfg, batch)
+        ok = [i for i, r in enumerate(results) if r.ok]
+        for i, r in enumerate(results):
+            if not r.ok:
+                reason = r.failure.reason if r.failure is not None else "non_finite_score"
+                raw = r.failure.raw if r.failure is not None else r.text
+                bad.append((batch["score_id"][i], reason, {"sample_id": batch["sample_id"][i], "scorer": self.id,
+                                                          "score": repr(r.score), "raw": raw}))
+        rows = score_rows(batch[ok], self.id, [results[i] for i in ok]) if ok else None
+        return Batch(rows=rows, bad=bad)
+
+    def close(self) -> None:
+        if self._loaded:
+            self.scorer.close()
+            self._loaded = False
 
 
 def score_samples(store: Store, *, samples: TableRef | str, prompts: TableRef | str, scorer_cfg: Any, output: str,
                   batch_size: int = 32, progress: Progress | None = None, backend: Backend | None = None,
-                  max_pairs_per_prompt: int | None = None) -> TableRef:
+                  max_pairs_per_prompt: int | None = None,
+                  members: Sequence[TableRef | str] | None = None) -> TableRef:
     """Score every sample of the pinned `samples` version with one scorer; return the completed
     `output` version. `batch_size` = rows per commit (the scorer batches its own forward passes);
-    `backend` overrides a judge's configured backend (share one loaded engine)."""
+    `backend` overrides a judge's configured backend (share one loaded engine); `members` are
+    the scores tables an ensemble combines (default: its config's `members` read as tables)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a value >= 1")
     cfg = parse_scorer_config(scorer_cfg)
     s_ref, p_ref = store.ref(samples), store.ref(prompts)
-    if cfg.kind == "pairwise_judge":
+    if cfg.pairwise:
+        from pipelines.judging import judge_pairs
+
         return judge_pairs(store, samples=s_ref, prompts=p_ref, judge_cfg=cfg, output=output, batch_size=batch_size,
                            progress=progress, backend=backend, max_pairs_per_prompt=max_pairs_per_prompt)
-    if isinstance(cfg, EnsembleConfig):
-        return _score_ensemble(store, samples=s_ref, prompts=p_ref, cfg=cfg, output=output)
-    rule = isinstance(cfg, (RuleInstructionsConfig, RuleMathConfig))
-    scorer = _RuleScorer(cfg) if rule else build_scorer(cfg, backend=backend)
-    scorer_id = scorer.id
-    run = StageRun(store, stage="score", output=output, kind="scores", parents=[s_ref, p_ref],
-                   config={"scorer": cfg.model_dump(mode="json"), "scorer_id": scorer_id},
-                   models=scorer.models, templates=scorer.templates)
-    if run.reused:
-        log.info("score: %s already complete for this config", run.reused)
-        return run.reused
-    rows = read_inputs(store, s_ref, p_ref).with_columns(
-        pl.col("sample_id").map_elements(lambda s: keys.score_id(s, scorer_id), return_dtype=pl.String)
-        .alias("score_id"))
-    done = run.done_keys()
-    todo = rows.filter(~pl.col("score_id").is_in(pl.Series(list(done), dtype=pl.String).implode()))
-    orphans = todo.filter(pl.col("messages").is_null())
-    if orphans.height:
-        run.quarantine((r["score_id"], "unknown_prompt", {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"]})
-                       for r in orphans.iter_rows(named=True))
-        todo = todo.filter(pl.col("messages").is_not_null())
-    log.info("score: %d of %d rows to score with %s", todo.height, rows.height, scorer_id)
-    finished = rows.height - todo.height
-    if todo.height and not rule:
-        scorer.load()
-    try:
-        for batch in _chunks(todo, batch_size):
-            if rule:
-                _rule_batch(run, scorer, batch)
-            else:
-                _model_batch(run, scorer, batch, scorer_id)
-            finished += batch.height
-            if progress is not None:
-                progress(finished, rows.height)
-    finally:
-        if todo.height and not rule:
-            scorer.close()
-    return run.finish(rows_in=rows.height, target_keys=rows["score_id"].to_list())
+    if cfg.combines:
+        from pipelines.ensemble import ensemble_stage
 
-
-def _reason(result) -> str:
-    return result.failure.reason if result.failure is not None else "non_finite_score"
-
-
-def _model_batch(run: StageRun, scorer, batch: pl.DataFrame, scorer_id: str) -> None:
-    results = scorer.evaluate(batch["messages"].to_list(), batch["completion"].to_list(),
-                              references=batch["reference"].to_list())
-    good = [i for i, r in enumerate(results) if r.ok]
-    bad = [i for i, r in enumerate(results) if not r.ok]
-    run.quarantine(
-        (batch["score_id"][i], _reason(results[i]),
-         {"sample_id": batch["sample_id"][i], "scorer": scorer_id, "score": repr(results[i].score),
-          "raw": results[i].failure.raw if results[i].failure is not None else results[i].text})
-        for i in bad)
-    if good:
-        sub = batch[good]
-        res = [results[i] for i in good]
-        run.write(_score_rows(
-            sub, scorer_id, [r.score for r in res],
-            [None if r.attributes is None else [{"name": k, "value": v} for k, v in r.attributes.items()] for r in res],
-            [r.spread for r in res], [r.text for r in res], [r.details for r in res]))
-
-
-def _rule_batch(run: StageRun, scorer: _RuleScorer, batch: pl.DataFrame) -> None:
-    out = scorer.frame(batch)
-    finite = pl.col("score").is_not_null() & pl.col("score").cast(pl.Float64).is_finite()
-    bad = out.filter(~finite)
-    run.quarantine((r["score_id"], "rule_not_applicable" if r["score"] is None else "non_finite_score",
-                    {"sample_id": r["sample_id"], "scorer": scorer.id, "score": repr(r["score"]),
-                     "failed": r["failed"], "raw": r["completion"]})
-                   for r in bad.iter_rows(named=True))
-    good = out.filter(finite)
-    if good.height:
-        details = [_failed_json(v) for v in good["failed"].to_list()]
-        run.write(_score_rows(good, scorer.id, good["score"].cast(pl.Float64), [None] * good.height,
-                              [None] * good.height, [None] * good.height, details))
-
-
-def _score_ensemble(store: Store, *, samples: TableRef, prompts: TableRef, cfg: EnsembleConfig,
-                    output: str) -> TableRef:
-    members = [store.ref(m) for m in cfg.members]
-    long = pl.concat([store.read(m, columns=["sample_id", "scorer", "score"]) for m in members])
-    names = sorted(long["scorer"].unique().to_list())
-    if not names:
-        raise ValueError(f"ensemble members {[str(m) for m in members]} hold no scores; score the samples first")
-    digest = hashlib.blake2b(json.dumps(names).encode(), digest_size=6).hexdigest()
-    scorer_id = f"ensemble:{cfg.display_name()}:{cfg.method}:lam{cfg.lam:g}:{cfg.normalize}:members#{digest}"
-    run = StageRun(store, stage="score", output=output, kind="scores", parents=[samples, prompts, *members],
-                   config={"scorer": cfg.model_dump(mode="json"), "scorer_id": scorer_id, "member_scorers": names})
-    if run.reused:
-        return run.reused
-    base = store.read(samples, columns=["sample_id", "prompt_id"]).with_columns(
-        pl.col("sample_id").map_elements(lambda s: keys.score_id(s, scorer_id), return_dtype=pl.String)
-        .alias("score_id"))
-    long = long.join(base.select("sample_id"), on="sample_id", how="semi")
-    combined = ensemble(long.lazy(), method=cfg.method, normalisation=cfg.normalize, lam=cfg.lam, scorers=names,
-                        require_all=True).collect()
-    rows = base.join(combined, on="sample_id", how="left").with_columns(
-        pl.when(pl.col("n_scorers").is_null()).then(pl.lit("missing_scorers"))
-        .otherwise(pl.col(drops.DROP)).alias(drops.DROP)).sort("sample_id")
-    kept, dropped = (f.collect() for f in drops.split(rows.lazy()))
-    run.quarantine((r["score_id"], r[drops.DROP], {k: r[k] for k in ("sample_id", "score", *names)})
-                   for r in dropped.iter_rows(named=True))
-    if kept.height:
-        z = kept.select(names)
-        attrs = [[{"name": n, "value": row[n]} for n in names] for row in z.iter_rows(named=True)]
-        spread = z.select(pl.concat_list(names).list.std(ddof=0)).to_series()    # disagreement across members
-        run.write(_score_rows(kept, scorer_id, kept["score"], attrs, spread, [None] * kept.height,
-                              [json.dumps({"members": names, "attributes": f"{cfg.normalize}-normalised"})]
-                              * kept.height))
-    return run.finish(rows_in=base.height, target_keys=base["score_id"].to_list())
-
-
-def candidate_pairs(frame: pl.DataFrame, *, judge_id: str, max_pairs_per_prompt: int | None) -> pl.DataFrame:
-    """Every unordered pair of distinct samples of one prompt, a < b by sample_id, keyed by
-    judgment_id; with a cap, the pairs with the smallest keys (a deterministic sample)."""
-    left = frame.select("prompt_id", "messages", pl.col("sample_id").alias("sample_a"),
-                        pl.col("completion").alias("text_a"))
-    right = frame.select("prompt_id", pl.col("sample_id").alias("sample_b"), pl.col("completion").alias("text_b"))
-    pairs = left.join(right, on="prompt_id").filter(pl.col("sample_a") < pl.col("sample_b"))
-    pairs = pairs.with_columns(pl.struct("sample_a", "sample_b").map_elements(
-        lambda r: keys.judgment_id(r["sample_a"], r["sample_b"], judge_id), return_dtype=pl.String)
-        .alias("judgment_id")).sort("judgment_id")
-    if max_pairs_per_prompt is not None:
-        if max_pairs_per_prompt < 1:
-            raise ValueError(f"max_pairs_per_prompt={max_pairs_per_prompt}; use a value >= 1 or None (all pairs)")
-        pairs = pairs.filter(pl.int_range(pl.len()).over("prompt_id") < max_pairs_per_prompt)
-    return pairs
-
-
-def judge_pairs(store: Store, *, samples: TableRef, prompts: TableRef, judge_cfg: Any, output: str,
-                batch_size: int = 32, progress: Progress | None = None, backend: Backend | None = None,
-                max_pairs_per_prompt: int | None = None) -> TableRef:
-    """Judge sample pairs of each prompt in both orders; write `judgments` rows. A pair whose
-    reply in either order cannot be read is quarantined with both raw texts."""
-    judge = build_scorer(judge_cfg, backend=backend)
-    run = StageRun(store, stage="judge_pairs", output=output, kind="judgments", parents=[samples, prompts],
-                   config={"scorer": judge_cfg.model_dump(mode="json"), "scorer_id": judge.id,
-                           "max_pairs_per_prompt": max_pairs_per_prompt},
-                   models=judge.models, templates=judge.templates)
-    if run.reused:
-        return run.reused
-    rows = read_inputs(store, samples, prompts).filter(pl.col("messages").is_not_null())
-    pairs = candidate_pairs(rows, judge_id=judge.id, max_pairs_per_prompt=max_pairs_per_prompt)
-    done = run.done_keys()
-    todo = pairs.filter(~pl.col("judgment_id").is_in(pl.Series(list(done), dtype=pl.String).implode()))
-    finished = pairs.height - todo.height
-    if todo.height:
-        judge.load()
-    try:
-        for batch in _chunks(todo, batch_size):
-            out = judge.compare(batch["messages"].to_list(), batch["text_a"].to_list(), batch["text_b"].to_list())
-            run.quarantine((batch["judgment_id"][i], j.failure.reason, j.failure.raw)
-                           for i, j in enumerate(out) if j.failure is not None)
-            ok = [i for i, j in enumerate(out) if j.failure is None]
-            if ok:
-                sub = batch[ok]
-                run.write(pl.DataFrame({
-                    "judgment_id": sub["judgment_id"], "prompt_id": sub["prompt_id"], "sample_a": sub["sample_a"],
-                    "sample_b": sub["sample_b"], "judge": [judge.id] * sub.height,
-                    "verdict_ab": [out[i].verdict_ab for i in ok], "verdict_ba": [out[i].verdict_ba for i in ok],
-                    "text_ab": [out[i].text_ab for i in ok], "text_ba": [out[i].text_ba for i in ok]}))
-            finished += batch.height
-            if progress is not None:
-                progress(finished, pairs.height)
-    finally:
-        if todo.height:
-            judge.close()
-    return run.finish(rows_in=pairs.height, target_keys=pairs["judgment_id"].to_list())
+        return ensemble_stage(store, samples=s_ref, prompts=p_ref, cfg=cfg, output=output,
+                              members=[store.ref(m) for m in (members if members is not None else cfg.members)])
+    work = ScoreWork(store, cfg, samples=s_ref, prompts=p_ref, output=output, backend=backend)
+    return drive(store, work, batch_size=batch_size, progress=progress)

@@ -24,7 +24,7 @@ from filters.drops import DROP
 from pipelines import keys
 from pipelines.prompts import prompt_row, prompts_frame
 from pipelines.schemas import SchemaError
-from pipelines.stage import StageRun
+from pipelines.driver import Identity, drive_frame
 from pipelines.store import Store, TableRef
 
 _CHUNK = 1000
@@ -47,6 +47,7 @@ class SeedImportConfig(BaseModel):
     system_prompt: str | None = Field(None, description="system message prepended to every prompt")
     limit: int | None = Field(None, ge=1, description="read at most this many rows")
     heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
+    validation_fraction: float = Field(0.0, ge=0, le=1, description="fraction assigned to the validation split")
 
 
 def _read(cfg: SeedImportConfig) -> pl.DataFrame:
@@ -115,39 +116,39 @@ def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_pro
     df = check_seeds(cfg)
     p = Path(cfg.path)
     st = p.stat()
-    run = StageRun(store, stage="import_seeds", output=output, kind="prompts",
-                   config={**cfg.model_dump(mode="json"), "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}})
-    if run.reused:
-        return run.reused
-    if cfg.messages_column:
-        msgs = _column(df, cfg.messages_column, "messages_column", cfg.path, (pl.List,)).to_list()
-    else:
-        texts = _column(df, cfg.prompt_column, "prompt_column", cfg.path, (pl.String,)).to_list()
-        msgs = [[{"role": "user", "content": t}] if t is not None else None for t in texts]
-    refs = (_column(df, cfg.reference_column, "reference_column", cfg.path, (pl.String,)).to_list()
-            if cfg.reference_column else [None] * df.height)
-    tasks = (_column(df, cfg.task_type_column, "task_type_column", cfg.path, (pl.String,)).to_list()
-             if cfg.task_type_column else [cfg.task_type] * df.height)
-    rows, bad = [], []
-    for i, (m, ref, task) in enumerate(zip(msgs, refs, tasks)):
-        if not m or any(not isinstance(x, dict) or not str(x.get("content") or "").strip() for x in m):
-            bad.append((keys.content_hash("seed-row", cfg.path, i), "empty_prompt", {"row": i, "messages": m}))
-            continue
-        if cfg.system_prompt and m[0].get("role") != "system":
-            m = [{"role": "system", "content": cfg.system_prompt}, *m]
-        rows.append(prompt_row(m, task_type=task, source=f"seed:{p.name}", reference=ref,
-                               heldout_fraction=cfg.heldout_fraction))
-    frame = prompts_frame(rows)
-    if frame.height < len(rows):
-        seen: set[str] = set()
-        for r in rows:
-            if r["prompt_id"] in seen:
-                bad.append((r["prompt_id"], "exact_duplicate", {"messages": r["messages"]}))
-            seen.add(r["prompt_id"])
-    for start in range(0, frame.height, _CHUNK):
-        run.write(frame.slice(start, _CHUNK))
-    run.quarantine(bad)
-    return run.finish(rows_in=df.height, target_keys=frame.get_column("prompt_id").to_list())
+    ident = Identity(stage="import_seeds", output=output, kind="prompts",
+                     config={**cfg.model_dump(mode="json"), "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}})
+
+    def compute(run) -> tuple[pl.DataFrame, int]:
+        if cfg.messages_column:
+            msgs = _column(df, cfg.messages_column, "messages_column", cfg.path, (pl.List,)).to_list()
+        else:
+            texts = _column(df, cfg.prompt_column, "prompt_column", cfg.path, (pl.String,)).to_list()
+            msgs = [[{"role": "user", "content": t}] if t is not None else None for t in texts]
+        refs = (_column(df, cfg.reference_column, "reference_column", cfg.path, (pl.String,)).to_list()
+                if cfg.reference_column else [None] * df.height)
+        tasks = (_column(df, cfg.task_type_column, "task_type_column", cfg.path, (pl.String,)).to_list()
+                 if cfg.task_type_column else [cfg.task_type] * df.height)
+        rows, bad = [], []
+        for i, (m, ref, task) in enumerate(zip(msgs, refs, tasks)):
+            if not m or any(not isinstance(x, dict) or not str(x.get("content") or "").strip() for x in m):
+                bad.append((keys.content_hash("seed-row", cfg.path, i), "empty_prompt", {"row": i, "messages": m}))
+                continue
+            if cfg.system_prompt and m[0].get("role") != "system":
+                m = [{"role": "system", "content": cfg.system_prompt}, *m]
+            rows.append(prompt_row(m, task_type=task, source=f"seed:{p.name}", reference=ref,
+                                   heldout_fraction=cfg.heldout_fraction, validation_fraction=cfg.validation_fraction))
+        frame = prompts_frame(rows)
+        if frame.height < len(rows):
+            seen: set[str] = set()
+            for r in rows:
+                if r["prompt_id"] in seen:
+                    bad.append((r["prompt_id"], "exact_duplicate", {"messages": r["messages"]}))
+                seen.add(r["prompt_id"])
+        run.quarantine(bad)
+        return frame, df.height
+
+    return drive_frame(store, ident, compute, size=_CHUNK)
 
 
 class ConstraintConfig(BaseModel):
@@ -161,7 +162,6 @@ class ConstraintConfig(BaseModel):
     kinds: tuple[str, ...] | None = Field(None, description="constraint kinds to draw from; None = all of "
                                           "filters.instructions.KINDS")
     seed: int = Field(0, description="seed of the per-prompt draws")
-    heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
 
 
 def constrain(row: dict, cfg: ConstraintConfig) -> dict:
@@ -180,7 +180,7 @@ def constrain(row: dict, cfg: ConstraintConfig) -> dict:
     msgs[-1]["content"] = msgs[-1]["content"].rstrip() + "\n\n" + " ".join(instructions.describe(c) for c in cons)
     return prompt_row(msgs, task_type=row.get("task_type"), source=row.get("source") or "unknown",
                       topic_id=row.get("topic_id"), constraints=instructions.dumps(cons), reference=None,
-                      heldout_fraction=cfg.heldout_fraction)
+                      split=row.get("split") or "train")
 
 
 def constraints_stage(store: Store, cfg: ConstraintConfig, *, prompts: str | TableRef = "seed_prompts",
@@ -190,15 +190,13 @@ def constraints_stage(store: Store, cfg: ConstraintConfig, *, prompts: str | Tab
         for k in cfg.kinds:
             if k not in instructions.KINDS:
                 raise ValueError(f"unknown constraint kind {k!r}; expected one of {', '.join(instructions.KINDS)}")
-    run = StageRun(store, stage="constraints", output=output, kind="prompts", parents=[pref],
-                   config=cfg.model_dump(mode="json"))
-    if run.reused:
-        return run.reused
-    src = store.read(pref)
-    frame = prompts_frame([constrain(r, cfg) for r in src.to_dicts()])
-    for start in range(0, frame.height, _CHUNK):
-        run.write(frame.slice(start, _CHUNK))
-    return run.finish(rows_in=src.height, target_keys=frame.get_column("prompt_id").to_list())
+
+    def compute(run) -> tuple[pl.DataFrame, int]:
+        src = store.read(pref)
+        return prompts_frame([constrain(r, cfg) for r in src.to_dicts()]), src.height
+
+    return drive_frame(store, Identity(stage="constraints", output=output, kind="prompts", parents=(pref,),
+                                       config=cfg.model_dump(mode="json")), compute, size=_CHUNK)
 
 
 class PromptDedupConfig(BaseModel):
@@ -207,24 +205,41 @@ class PromptDedupConfig(BaseModel):
     near: bool = Field(True, description="also drop near-duplicates (MinHash + LSH over word 3-grams)")
     threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity that counts as near-duplicate")
     seed: int = Field(0, description="MinHash seed")
+    limit: int | None = Field(None, ge=1, description="keep at most this many prompts (smallest ids first, split by "
+                              "split so every split keeps its share; `prefmill run --limit`)")
+    min_heldout: int = Field(0, ge=0, description="with limit: keep at least this many held-out prompts")
 
 
 def dedup_stage(store: Store, cfg: PromptDedupConfig, *, prompts: str | TableRef, output: str = "prompts") -> TableRef:
     """Exact + near-duplicate prompt removal; the later copy goes to quarantine (exact_duplicate /
     near_duplicate, with the kept prompt_id in the payload)."""
     pref = store.ref(prompts)
-    run = StageRun(store, stage="dedup_prompts", output=output, kind="prompts", parents=[pref],
-                   config=cfg.model_dump(mode="json"))
-    if run.reused:
-        return run.reused
-    src = store.read(pref).sort("prompt_id")          # a stable "first copy" independent of write order
-    marked = dedup(src.lazy(), text="messages", key="prompt_id", near=cfg.near, threshold=cfg.threshold,
-                   seed=cfg.seed).collect()
-    kept = marked.filter(pl.col(DROP).is_null()).drop(DROP)
-    dropped = marked.filter(pl.col(DROP).is_not_null())
-    bad = [(r["prompt_id"], r[DROP].split("_of:")[0], {"duplicate_of": r[DROP].split(":", 1)[-1],
-                                                      "messages": r["messages"]}) for r in dropped.to_dicts()]
-    for start in range(0, kept.height, _CHUNK):
-        run.write(kept.slice(start, _CHUNK))
-    run.quarantine(bad)
-    return run.finish(rows_in=src.height, target_keys=kept.get_column("prompt_id").to_list())
+
+    def compute(run) -> tuple[pl.DataFrame, int]:
+        src = store.read(pref).sort("prompt_id")          # a stable "first copy" independent of write order
+        marked = dedup(src.lazy(), text="messages", key="prompt_id", near=cfg.near, threshold=cfg.threshold,
+                       seed=cfg.seed).collect()
+        kept = marked.filter(pl.col(DROP).is_null()).drop(DROP)
+        if cfg.limit is not None:
+            kept = cap_prompts(kept, cfg.limit, min_heldout=cfg.min_heldout)
+        dropped = marked.filter(pl.col(DROP).is_not_null())
+        run.quarantine([(r["prompt_id"], r[DROP].split("_of:")[0], {"duplicate_of": r[DROP].split(":", 1)[-1],
+                                                                     "messages": r["messages"]})
+                        for r in dropped.to_dicts()])
+        return kept, src.height
+
+    return drive_frame(store, Identity(stage="dedup_prompts", output=output, kind="prompts", parents=(pref,),
+                                       config=cfg.model_dump(mode="json")), compute, size=_CHUNK)
+
+
+def cap_prompts(frame: pl.DataFrame, limit: int, *, min_heldout: int = 0) -> pl.DataFrame:
+    """At most `limit` prompts, smallest ids first within each split, each split keeping its
+    share of the frame (held-out at least `min_heldout` when the frame has that many)."""
+    if frame.height <= limit:
+        return frame
+    counts = dict(frame.group_by("split").len().iter_rows())
+    held = min(counts.get("heldout", 0), max(min_heldout, round(limit * counts.get("heldout", 0) / frame.height)))
+    val = min(counts.get("validation", 0), round(limit * counts.get("validation", 0) / frame.height))
+    quota = {"heldout": held, "validation": val, "train": max(limit - held - val, 0)}
+    rank = pl.col("prompt_id").rank("ordinal").over("split")
+    return frame.filter(rank <= pl.col("split").replace_strict(quota, default=0, return_dtype=pl.UInt32))

@@ -29,10 +29,12 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from filters.math_answer import extract_answer
 from filters.steps import (StepSplitConfig, mc_step_scores, reached_answer, rule_labels, arithmetic_errors,
                            split_steps, step_prefix, step_texts)
-from generators.backends.base import Backend, Sampling
-from generators.step_labels import JUDGE_TEMPLATE, continue_prefixes, judge_steps, judge_template_hash
+from generators.backends.base import Backend, BackendError, Sampling
+from generators.step_labels import (JUDGE_TEMPLATE, continuation_support, continue_prefixes, judge_steps,
+                                    judge_template_hash)
 from pipelines import keys
 from pipelines.schemas import get_schema
 from pipelines.stage import StageRun
@@ -92,8 +94,8 @@ def labeller_id(cfg: StepsConfig, backend: Backend | None) -> str:
     if cfg.method == "rule":
         return f"rule:final{int(cfg.rule_final_answer)}:split#{split}"
     model = f"{backend.model_id}@{backend.revision}" if backend is not None else "?"
-    extra = (f"{cfg.mode}:th{cfg.threshold:g}" if cfg.method == "monte_carlo"
-             else f"{cfg.judge_template}#{judge_template_hash(cfg.judge_template, cfg.template_dir)}:th{cfg.threshold:g}")
+    judge = f"{cfg.judge_template}#{judge_template_hash(cfg.judge_template, cfg.template_dir)}"
+    extra = f"{cfg.mode if cfg.method == 'monte_carlo' else judge}:th{cfg.threshold:g}"
     return (f"{cfg.method}:{model}:k{cfg.k}:{extra}:t{cfg.temperature:g}:p{cfg.top_p:g}:m{cfg.max_tokens}"
             f":s{cfg.seed}:split#{split}")
 
@@ -149,16 +151,19 @@ def _monte_carlo(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, s
     cont = pl.DataFrame([{"label_id": items[n].key, "step": i, "text": p + c.text, "reference": items[n].reference}
                          for (n, i), p, comps in zip(where, prefixes, outs) for c in comps],
                         schema={"label_id": pl.String, "step": pl.Int64, "text": pl.String, "reference": pl.String})
-    cont = cont.with_columns(reached_answer("text", "reference").alias("reached"))
+    cont = cont.with_columns(reached_answer("text", "reference").alias("reached"),
+                             extract_answer(pl.col("text")).alias("answer"))
     scores = mc_step_scores(cont.lazy(), mode=cfg.mode, threshold=cfg.threshold).collect()
     by_key = {k: g.sort("step") for (k,), g in scores.group_by("label_id")}
+    answers = {k: g.sort("step", maintain_order=True).group_by("step", maintain_order=True).agg("answer")["answer"]
+               .to_list() for (k,), g in cont.group_by("label_id")}
     rows = []
     for it in items:
         g = by_key[it.key]
-        calls = int(g["tries"].sum())
+        details = {"hits": g["hits"].to_list(), "tries": g["tries"].to_list(), "mode": cfg.mode,
+                   "answers": answers[it.key]}        # the final answer each continuation reached, per step
         rows.append(_row(it, g["label"].to_list(), g["score"].to_list(), method="monte_carlo", labeller=labeller,
-                         k=cfg.k, calls=calls, details={"hits": g["hits"].to_list(), "tries": g["tries"].to_list(),
-                                                        "mode": cfg.mode}))
+                         k=cfg.k, calls=int(g["tries"].sum()), details=details))
     return rows
 
 
@@ -217,6 +222,9 @@ def steps_stage(store: Store, backend: Backend | None, cfg: StepsConfig, *, samp
     The backend must be loaded (its revision enters the keys); rule needs none."""
     if cfg.method != "rule" and (backend is None or not backend.revision):
         raise ValueError(f"method {cfg.method!r} needs a loaded backend; call backend.load() first (rule needs none)")
+    if cfg.method == "monte_carlo" and continuation_support(backend) is None:
+        raise BackendError(f"backend {type(backend).__name__} ({backend.model_id}) cannot continue an assistant "
+                           "prefix; use kind vllm or transformers for monte_carlo step labels, or method judge/rule")
     s_ref, p_ref = store.ref(samples), store.ref(prompts)
     labeller = labeller_id(cfg, backend)
     models = {"labeller": {"id": backend.model_id, "revision": backend.revision}} if cfg.method != "rule" else {}

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from pipelines.stage import StageRun
+from pipelines.driver import Identity, drive_frame
 from pipelines.store import Store, StoreError, TableRef
 
 _CHUNK = 5000
@@ -23,10 +23,10 @@ def union_stage(store: Store, inputs: Sequence[TableRef | str], *, output: str) 
     if len(kinds) != 1:
         raise StoreError(f"cannot union tables of different kinds {sorted(kinds)}; union tables of one kind")
     kind = kinds.pop()
-    run = StageRun(store, stage="union", output=output, kind=kind, parents=refs)
-    if run.reused:
-        return run.reused
-    frame = pl.concat([store.read(r) for r in refs], how="vertical").unique(run.key, keep="first", maintain_order=True)
-    for start in range(0, frame.height, _CHUNK):
-        run.write(frame.slice(start, _CHUNK))
-    return run.finish(rows_in=sum(store.count(r) for r in refs), target_keys=frame.get_column(run.key).to_list())
+
+    def compute(run) -> tuple[pl.DataFrame, int]:
+        frame = pl.concat([store.read(r) for r in refs], how="vertical")
+        return frame.unique(run.key, keep="first", maintain_order=True), frame.height
+
+    return drive_frame(store, Identity(stage="union", output=output, kind=kind, parents=tuple(refs)), compute,
+                       size=_CHUNK)

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from local_http import JSONHandler, LocalServer
-from pipelines.evals import EvalConfig, format_eval_table, load_responses, run_eval
+from pipelines.evals import EvalConfig, eval_responses_stage, format_eval_table, run_eval
 from pipelines.keys import prompt_id
 from pipelines.schemas import empty
 from pipelines.stage import lineage_of
@@ -23,35 +23,107 @@ def _prompts(store, constraints: str | None = None) -> str:
     return f"prompts@{store.append('prompts', pl.DataFrame(rows, schema=empty('prompts').schema), kind='prompts')}"
 
 
-def test_eval_rounds(store, tiny_model_dir, tiny_model_dir_b, tiny_reward_dir):
+def _round(store, prompts, path, rnd, cfg, **kw):
     from generators.backends.hf import TransformersBackend
-    from generators.scorers.reward_model import RewardModel, RewardModelConfig
+
+    be = TransformersBackend(path)
+    be.load()
+    try:
+        responses = eval_responses_stage(store, be, cfg, prompts=prompts, output=f"r{rnd}.eval_responses")
+        return responses, run_eval(store, prompts=prompts, responses=responses, model=f"m{rnd}", round=rnd,
+                                   config=cfg, **kw)
+    finally:
+        be.close()
+
+
+def test_eval_rounds(store, tiny_model_dir, tiny_model_dir_b, tiny_reward_dir):
+    from generators.scorers.reward_model import RewardModelConfig
     from trainers.kl import make_kl_fn
 
     prompts = _prompts(store)
-    cfg = EvalConfig(max_tokens=12)
-    rm = RewardModel(RewardModelConfig(model=str(tiny_reward_dir)))
-    rm.load()
+    cfg = EvalConfig(max_tokens=12, relevance=False)
+    rm = RewardModelConfig(model=str(tiny_reward_dir))
+    base = None
     for rnd, path in enumerate([tiny_model_dir, tiny_model_dir_b]):
-        be = TransformersBackend(path)
-        be.load()
-        run_eval(store, prompts=prompts, policy=be, model=f"m{rnd}", round=rnd, config=cfg, reward=rm,
-                 kl=make_kl_fn(policy=path, reference=tiny_model_dir), reference=str(tiny_model_dir))
-        be.close()
+        from generators.backends.hf import TransformersBackend
+
+        kl_be = TransformersBackend(path)
+        kl_be.load()
+        responses, _ = _round(store, prompts, path, rnd, cfg, scorers={"rm": rm}, baseline=base,
+                              kl=make_kl_fn(policy=path, reference=tiny_model_dir), kl_backend=kl_be,
+                              reference=str(tiny_model_dir))
+        kl_be.close()
+        base = base or responses
     df = store.read("evals")
-    assert set(df.get_column("metric")) == {"mean_reward", "kl_to_reference", "mean_length_tokens", "mean_length_words"}
+    assert set(df.get_column("metric")) == {"mean_score.rm", "kl_to_reference", "mean_length_tokens",
+                                            "mean_length_words", "truncation_rate"}
     assert set(df.get_column("n")) == {4}                       # the 4 held-out prompts, never the train split
     kl = df.filter(pl.col("metric") == "kl_to_reference").sort("round").get_column("value").to_list()
     assert abs(kl[0]) < 1e-4 and abs(kl[1]) > 1e-3              # the reference itself: KL 0
     assert json.loads(df.filter((pl.col("metric") == "kl_to_reference") & (pl.col("round") == 1))
                       .get_column("details")[0])["samples"] == "T=1.0"
-    assert len(load_responses(store, "eval_responses", "m1")) == 4
+    assert store.read("r1.eval_responses").height == 4 and lineage_of(store, "r1.eval_responses").height == 1
     lin = lineage_of(store, "evals")
-    assert lin.height == 2 and set(lin.get_column("stage")) == {"eval"} and lin.row(0, named=True)["parents"] == [prompts]
+    assert lin.height == 2 and set(lin.get_column("stage")) == {"eval"}
+    assert lin.row(0, named=True)["parents"][0] == prompts
     table = format_eval_table(df)
     lines = table.splitlines()
-    assert lines[0].split()[:4] == ["round", "model", "mean_reward", "kl_to_reference"]
+    assert lines[0].split()[:3] == ["round", "model", "truncation_rate"]
     assert [ln.split()[:2] for ln in lines[2:]] == [["0", "m0"], ["1", "m1"]]
+
+
+class Scripted:
+    """A backend answering each prompt with a fixed text (per prompt content)."""
+
+    model_id, revision = "scripted", "r0"
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def load(self):
+        pass
+
+    def close(self):
+        pass
+
+    def generate(self, conversations, sampling):
+        from generators.backends.base import Completion
+
+        out = []
+        for conv in conversations:
+            text, finish = self.answers(conv[-1]["content"])
+            out.append([Completion(text, finish_reason=finish, completion_tokens=len(text.split()))] * sampling.n)
+        return out
+
+
+def test_pass_rate_value_strict_checks_and_paired_interval(store):
+    """pass_rate is the share of prompts whose every constraint holds under the strict checks, and
+    the lift over round 0 carries a paired bootstrap interval: checked against hand-computed values."""
+    cons = json.dumps([{"kind": "no_commas"}])
+    prompts = _prompts(store, constraints=cons)
+    cfg = EvalConfig(max_tokens=32, relevance=False, bootstrap_resamples=2000)
+    good = "Plants turn light into sugar through photosynthesis and release oxygen as they do it."
+    # round 0: two answers use commas, one is truncated (fails strictly), one passes -> 1/4
+    r0 = {"0": (good, "stop"), "1": ("Light, water, and air.", "stop"), "2": ("Red, green.", "stop"),
+          "3": (good, "length")}
+    # round 1: every answer passes -> 4/4
+    r1 = {k: (good, "stop") for k in r0}
+    pick = lambda table: (lambda text: table[text.split("number ")[1][0]])  # noqa: E731
+    base, _ = None, None
+    for rnd, table in enumerate([r0, r1]):
+        be = Scripted(pick(table))
+        responses = eval_responses_stage(store, be, cfg, prompts=prompts, output=f"r{rnd}.eval_responses")
+        run_eval(store, prompts=prompts, responses=responses, model=f"m{rnd}", round=rnd, config=cfg, baseline=base)
+        base = base or responses
+    df = store.read("evals")
+    rate = dict(df.filter(pl.col("metric") == "pass_rate").select("round", "value").iter_rows())
+    assert rate == {0: 0.25, 1: 1.0}
+    trunc = dict(df.filter(pl.col("metric") == "truncation_rate").select("round", "value").iter_rows())
+    assert trunc == {0: 0.25, 1: 0.0}
+    lift = json.loads(df.filter((pl.col("metric") == "pass_rate") & (pl.col("round") == 1))["details"][0])
+    iv = lift["lift_vs_baseline"]
+    assert iv["diff"] == pytest.approx(0.75) and iv["n"] == 4 and 0 < iv["low"] <= 0.75 <= iv["high"] <= 1.0
+    assert [f["family"] for f in lift["by_family"]][-1] == "all"
 
 
 def test_eval_without_heldout_prompts_fails(store, tiny_model_dir):
@@ -59,9 +131,8 @@ def test_eval_without_heldout_prompts_fails(store, tiny_model_dir):
 
     prompts = _prompts(store)
     with pytest.raises(ValueError, match="no prompts with split == 'test'"):
-        run_eval(store, prompts=prompts, policy=TransformersBackend(tiny_model_dir), model="m", round=0,
-                 config=EvalConfig(split="test"))
-
+        eval_responses_stage(store, TransformersBackend(tiny_model_dir), EvalConfig(split="test"), prompts=prompts,
+                             output="x")
 
 
 class LengthJudgeServer:
@@ -96,29 +167,29 @@ class LengthJudgeServer:
 
 def _eval_two_rounds_with_judge(store, srv, models) -> None:
     from generators.backends.factory import BackendConfig
-    from generators.backends.hf import TransformersBackend
-    from generators.scorers.judge_pairwise import PairwiseJudge, PairwiseJudgeConfig
+    from generators.scorers.judge_pairwise import PairwiseJudgeConfig
 
     try:
-        judge = PairwiseJudge(PairwiseJudgeConfig(backend=BackendConfig(kind="openai", model="length-judge",
-                                                                        base_url=srv.url)))
-        judge.load()
+        judge = PairwiseJudgeConfig(backend=BackendConfig(kind="openai", model="length-judge",
+                                                          base_url=srv.url)).build()
         prompts = _prompts(store)
+        prev = None
         for rnd, path in enumerate(models):
-            be = TransformersBackend(path)
-            be.load()
-            run_eval(store, prompts=prompts, policy=be, model=f"m{rnd}", round=rnd,
-                     config=EvalConfig(max_tokens=16, temperature=1.0, seed=rnd),
-                     judge=judge, previous_model="m0" if rnd else None)
-            be.close()
+            cfg = EvalConfig(max_tokens=16, temperature=1.0, seed=rnd, relevance=False)
+            prev, _ = _round(store, prompts, path, rnd, cfg, judge=judge, previous=prev)
     finally:
         srv.close()
+
+
+def _texts(store, table):
+    df = store.read(table)
+    return dict(zip(df["prompt_id"], df["completion"]))
 
 
 def test_win_rate_vs_previous_with_a_readable_judge(store, tiny_model_dir, tiny_model_dir_b):
     srv = LengthJudgeServer("longer")
     _eval_two_rounds_with_judge(store, srv, [tiny_model_dir, tiny_model_dir_b])
-    mine, prev = load_responses(store, "eval_responses", "m1"), load_responses(store, "eval_responses", "m0")
+    mine, prev = _texts(store, "r1.eval_responses"), _texts(store, "r0.eval_responses")
     wins = sum(len(mine[p]) > len(prev[p]) for p in mine)
     ties = sum(len(mine[p]) == len(prev[p]) for p in mine)
     row = store.read("evals").filter(pl.col("metric") == "win_rate_vs_previous")
@@ -126,7 +197,7 @@ def test_win_rate_vs_previous_with_a_readable_judge(store, tiny_model_dir, tiny_
     assert row.get_column("value")[0] == pytest.approx((wins + 0.5 * ties) / 4)
     details = json.loads(row.get_column("details")[0])
     assert (details["wins"], details["ties"], details["losses"], details["left_out"]) == (wins, ties, 4 - wins - ties, 0)
-    assert details["previous"] == "m0"
+    assert details["previous"].startswith("r0.eval_responses@")
     assert len(srv.prompts) == 8  # 4 held-out pairs, each asked in both orders
 
 
@@ -135,4 +206,4 @@ def test_position_biased_judge_gives_no_win_rate(store, tiny_model_dir, tiny_mod
     with caplog.at_level("WARNING"):
         _eval_two_rounds_with_judge(store, srv, [tiny_model_dir, tiny_model_dir_b])
     assert store.read("evals").filter(pl.col("metric") == "win_rate_vs_previous").is_empty()
-    assert "no readable judgments vs m0 that agree in both orders (4 pairs asked)" in caplog.text and len(srv.prompts) == 8
+    assert "that agree in both orders (4 pairs asked)" in caplog.text and len(srv.prompts) == 8

@@ -86,8 +86,12 @@ def test_agreement_with_second_scorer(store):
                       cfg={"strategy": "best_vs_worst", "scorer": "rm:x", "agreement_scorer": "judge:y"}, output="pairs")
     assert store.read(ref).height == 0
     assert "scorer_disagreement" in store.read("quarantine")["reason"].to_list()
-    with pytest.raises(ValueError, match="set `scorer`"):
-        build_pairs(store, samples="samples", prompts="prompts", scores=["scores", "scores_b"], output="pairs2")
+    # Without `scorer` the pairs stage pairs on the first scorer given (the recipe's first scorer).
+    first = build_pairs(store, samples="samples", prompts="prompts", scores=["scores", "scores_b"], output="pairs2")
+    single = build_pairs(store, samples="samples", prompts="prompts", scores=["scores"], output="pairs3")
+    assert store.read(first).drop("pair_id").sort("prompt_id").equals(store.read(single).drop("pair_id").sort("prompt_id"))
+    with pytest.raises(ValueError, match="not among the scorers"):
+        build_pairs(store, samples="samples", prompts="prompts", scores=["scores"], cfg={"scorer": "nope"}, output="p4")
     assert ids
 
 

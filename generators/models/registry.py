@@ -52,6 +52,21 @@ def resolve_model(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"model path {text!r} does not exist; pass a local folder or one of: {choices}")
 
 
+def check_model_folder(folder: str | Path) -> Path:
+    """The folder, if it holds a loadable model (config.json and weights); else one-line
+    FileNotFoundError naming what is missing (an empty or half-copied folder fails here, not
+    halfway through a run)."""
+    p = Path(folder)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {str(p)!r} has no config.json (empty or partly copied?); pass a "
+                                "folder written by save_pretrained, or a built-in name such as smollm2")
+    weights = [*p.glob("*.safetensors"), *p.glob("*.bin"), *p.glob("*.safetensors.index.json")]
+    if not weights:
+        raise FileNotFoundError(f"model folder {str(p)!r} has no weights (*.safetensors / *.bin); copy the whole "
+                                "folder written by save_pretrained")
+    return p
+
+
 def pull(name: str) -> Path:
     """Make the built-in model `name` available locally (convert once) and return its folder."""
     from generators.models import smollm2

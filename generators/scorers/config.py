@@ -1,50 +1,93 @@
-"""The scorer config union (discriminated by `kind`) and `build_scorer` for model-based kinds.
+"""The scorer kinds: one registry, the config type recipes validate against, and
+`build_scorer` for the scorer objects.
 
     cfg = parse_scorer_config({"kind": "rm", "model": "path/to/rm"})
     cfg = load_scorer_config("scorer.yaml")
-    scorer = build_scorer(cfg)          # rm | multi_rm | judge | critique | pairwise_judge
+    scorer = build_scorer(cfg)           # cfg.build(): a PointScorer, or a PairScorer when cfg.pairwise
 
-kinds: rm, multi_rm, judge, pairwise_judge, critique (models, built here); rule_instructions,
-rule_math (filters/rule_rewards.py) and ensemble (combines written scores) are run by the
-scoring stage directly.
+Adding a scorer kind: write its module (a config class with a `kind` Literal, its capability
+class attributes and `build()`, plus the scorer class) and add the class to `_BUILT_IN` below,
+or call `register_scorer_kind(Config)` from your own code (docs/extending.md). Recipes validate
+`scoring:` entries through this registry, so a registered kind is usable from a recipe at once.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel
+from pydantic_core import core_schema
 
 from generators.backends.base import Backend
-from generators.scorers.critique import CritiqueConfig, CritiqueJudge
+from generators.scorers.base import ScorerConfigBase
+from generators.scorers.critique import CritiqueConfig
 from generators.scorers.ensemble import EnsembleConfig
-from generators.scorers.judge_pairwise import PairwiseJudge, PairwiseJudgeConfig
-from generators.scorers.judge_pointwise import PointwiseJudge, PointwiseJudgeConfig
-from generators.scorers.multi_attribute import MultiAttributeConfig, MultiAttributeRM
-from generators.scorers.reward_model import RewardModel, RewardModelConfig
-from generators.scorers.rules import RuleInstructionsConfig, RuleMathConfig
+from generators.scorers.judge_pairwise import PairwiseJudgeConfig
+from generators.scorers.judge_pointwise import PointwiseJudgeConfig
+from generators.scorers.multi_attribute import MultiAttributeConfig
+from generators.scorers.reward_model import RewardModelConfig
+from generators.scorers.rules import RuleFormatConfig, RuleInstructionsConfig, RuleMathConfig
 
-ScorerConfig = Annotated[
-    RewardModelConfig | MultiAttributeConfig | PointwiseJudgeConfig | PairwiseJudgeConfig | CritiqueConfig
-    | RuleInstructionsConfig | RuleMathConfig | EnsembleConfig,
-    Field(discriminator="kind"),
-]
-KINDS = ("rm", "multi_rm", "judge", "pairwise_judge", "critique", "rule_instructions", "rule_math", "ensemble")
-MODEL_KINDS = ("rm", "multi_rm", "judge", "critique", "pairwise_judge")
-_ADAPTER: TypeAdapter = TypeAdapter(ScorerConfig)
+_BUILT_IN: tuple[type[ScorerConfigBase], ...] = (
+    RewardModelConfig, MultiAttributeConfig, PointwiseJudgeConfig, PairwiseJudgeConfig, CritiqueConfig,
+    RuleInstructionsConfig, RuleMathConfig, RuleFormatConfig, EnsembleConfig,
+)
+_REGISTRY: dict[str, type[ScorerConfigBase]] = {}
 
 
-def parse_scorer_config(data: Any) -> Any:
-    """A dict (or an already-built config) -> the matching scorer config; clear error on bad kind."""
+def register_scorer_kind(config_cls: type[ScorerConfigBase]) -> type[ScorerConfigBase]:
+    """Make a scorer kind known to recipes, `scorers check` and the scoring stage."""
+    if not (isinstance(config_cls, type) and issubclass(config_cls, ScorerConfigBase)):
+        raise TypeError(f"{config_cls!r} is not a ScorerConfigBase subclass")
+    kind = config_cls.kind_name()
+    if not kind or kind == "None":
+        raise ValueError(f"{config_cls.__name__} needs a `kind` field with a default, e.g. kind: Literal['x'] = 'x'")
+    _REGISTRY[kind] = config_cls
+    return config_cls
+
+
+for _cls in _BUILT_IN:
+    register_scorer_kind(_cls)
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def config_classes() -> tuple[type[ScorerConfigBase], ...]:
+    return tuple(_REGISTRY.values())
+
+
+def parse_scorer_config(data: Any) -> ScorerConfigBase:
+    """A dict (or an already-built config) -> the matching scorer config; clear error on bad kind.
+    Field errors keep their key path (pydantic ValidationError)."""
+    if isinstance(data, ScorerConfigBase):
+        return data
+    if isinstance(data, BaseModel):
+        data = data.model_dump()
     if not isinstance(data, dict):
-        return _ADAPTER.validate_python(data)
+        raise ValueError(f"a scorer is a mapping with a `kind` ({', '.join(_REGISTRY)}), not {type(data).__name__}")
     kind = data.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"unknown scorer kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return _ADAPTER.validate_python(data)
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown scorer kind {kind!r}; expected one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[kind].model_validate(data)
 
 
-def load_scorer_config(path: str | Path) -> Any:
+class _ScorerType:
+    """Pydantic type of a `scoring:` entry: validated by the registry at validation time, so a
+    kind registered after import is accepted too."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        return core_schema.no_info_plain_validator_function(
+            parse_scorer_config, serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda v: v.model_dump(mode="json") if isinstance(v, BaseModel) else v))
+
+
+ScorerConfig = Annotated[ScorerConfigBase, _ScorerType]
+
+
+def load_scorer_config(path: str | Path) -> ScorerConfigBase:
     """Read a YAML scorer config (optionally under a top-level `scorer:` key)."""
     import yaml
 
@@ -60,17 +103,7 @@ def load_scorer_config(path: str | Path) -> Any:
 
 
 def build_scorer(cfg: Any, *, backend: Backend | None = None):
-    """The scorer object of a model-based config (not loaded). `backend` overrides the judge backend
-    the config describes (for sharing one engine between scorers)."""
-    if isinstance(cfg, RewardModelConfig):
-        return RewardModel(cfg)
-    if isinstance(cfg, MultiAttributeConfig):
-        return MultiAttributeRM(cfg)
-    if isinstance(cfg, PointwiseJudgeConfig):
-        return PointwiseJudge(cfg, backend)
-    if isinstance(cfg, CritiqueConfig):
-        return CritiqueJudge(cfg, backend)
-    if isinstance(cfg, PairwiseJudgeConfig):
-        return PairwiseJudge(cfg, backend)
-    raise ValueError(f"scorer kind {getattr(cfg, 'kind', cfg)!r} is not model-based; expected one of "
-                     f"{', '.join(MODEL_KINDS)} (rule and ensemble scorers run in pipelines.scoring)")
+    """The scorer object of a config (not loaded); `backend` replaces a judge's configured backend
+    (one shared engine)."""
+    return parse_scorer_config(cfg).build(backend=backend)
+

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,6 +31,11 @@ class CritiqueConfig(JudgeConfigBase):
     use_reference: bool = Field(True, description="show the prompt's reference answer to the judge when present")
     low: float = Field(1, description="lowest valid rating")
     high: float = Field(10, description="highest valid rating")
+
+    inputs: ClassVar[tuple[str, ...]] = ("references",)
+
+    def build(self, *, backend: Backend | None = None) -> CritiqueJudge:
+        return CritiqueJudge(self, backend)
 
     @model_validator(mode="before")
     @classmethod

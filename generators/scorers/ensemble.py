@@ -8,7 +8,7 @@ member scores tables and writes the ensemble as one more scorer's rows.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,12 +20,15 @@ Normalize = Literal["zscore", "rank", "none"]
 
 class EnsembleConfig(ScorerConfigBase):
     kind: Literal["ensemble"] = Field("ensemble", description="scorer kind: combination of scores already written")
-    members: tuple[str, ...] = Field(description="scores tables (NAME or NAME@VERSION) to combine; every scorer "
-                                     "id found in them is one member", min_length=1)
+    members: tuple[str, ...] = Field(description="in a recipe: names of the scorers to combine (the flow "
+                                     "resolves them to this round's scores tables); from Python: scores tables "
+                                     "(NAME or NAME@VERSION)", min_length=1)
     method: Method = Field("mean", description="mean, min (worst case) or mean_minus_std")
     lam: float = Field(1.0, ge=0, description="lambda of mean_minus_std")
     normalize: Normalize = Field("zscore", description="per-scorer normalisation before combining")
     name: str | None = Field(None, description="short name in the scorer id; default: the method")
+
+    combines: ClassVar[bool] = True
 
     def display_name(self) -> str:
         return self.name or self.method

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -29,6 +29,16 @@ from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
 class PairwiseJudgeConfig(JudgeConfigBase):
     kind: Literal["pairwise_judge"] = Field("pairwise_judge", description="scorer kind: pairwise LLM judge")
     template: str = Field("judge_pairwise.jinja", description="pairwise judge prompt template")
+    max_pairs_per_prompt: int | None = Field(None, ge=1, description="judge at most this many sample pairs per "
+                                             "prompt (the smallest keys, a deterministic sample); None = all pairs")
+
+    pairwise: ClassVar[bool] = True
+
+    def generations_per_item(self) -> int:
+        return 2      # both orders
+
+    def build(self, *, backend: Backend | None = None) -> PairwiseJudge:
+        return PairwiseJudge(self, backend)
 
 
 @dataclass(frozen=True)

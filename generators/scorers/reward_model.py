@@ -36,6 +36,12 @@ class RewardModelConfig(ScorerConfigBase):
     def display_name(self) -> str:
         return self.name or Path(self.model).name
 
+    def model_folders(self) -> list[str]:
+        return [self.model]
+
+    def build(self, *, backend=None) -> RewardModel:
+        return RewardModel(self)
+
 
 def model_folder(model: str) -> Path:
     """A local folder as is; anything else goes through the built-in model registry."""

@@ -14,13 +14,15 @@ import sys
 from flows.recipe import RecipeError, load_recipe
 
 
-def _limit(text: str) -> int:
+def _limit(text: str | None) -> int | None:
+    if text is None:
+        return None
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--limit {text!r}: use a positive whole number of prompts, e.g. --limit 8")
+        raise RecipeError(f"--limit {text!r}: use a positive whole number of prompts, e.g. --limit 8") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"--limit {n}: use a positive number of prompts, e.g. --limit 8")
+        raise RecipeError(f"--limit {n}: use a positive number of prompts, e.g. --limit 8")
     return n
 
 
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="store folder or object-store URI, e.g. s3://bucket/prefix (default $PREFMILL_STORE or ./store)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a recipe value, e.g. --set sampling.n=8 (repeatable)")
-    p.add_argument("--limit", type=_limit, default=None, metavar="N",
+    p.add_argument("--limit", default=None, metavar="N",
                    help="run the whole recipe on its first N prompts, under table names NAME-nN.*")
     p.add_argument("--dry-run", action="store_true", help="print the stage plan with estimated generations/tokens; write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json and not args.dry_run:
         raise RecipeError("--json goes with --dry-run (a run prints its summary); add --dry-run or drop --json")
-    recipe = load_recipe(args.recipe, overrides=args.overrides, limit=args.limit)
+    recipe = load_recipe(args.recipe, overrides=args.overrides, limit=_limit(args.limit))
     if args.dry_run:
         from flows.plan import compile_plan, format_plan, plan_json
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.plan import plan
+from flows.plan import compile_plan
 from flows.recipe import RecipeError, load_recipe
 
 RECIPES = sorted(Path("recipes").glob("*.yaml"))
@@ -22,18 +22,23 @@ def test_all_required_recipes_ship():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipe_validates_and_plans(path):
     recipe = load_recipe(path)
-    stages = plan(recipe)
+    stages = compile_plan(recipe).stages
     assert stages, "a recipe plans at least one stage"
+    assert len({s.id for s in stages}) == len(stages)          # ids are unique: they name Prefect tasks
+    ids = [s.id for s in stages]
+    for s in stages:                                            # every input is an earlier stage
+        for ref in s.inputs.values():
+            assert ref.startswith("policy.r") or ids.index(ref) < ids.index(s.id), (s.id, ref)
     if recipe.rounds.count:
-        assert sum(s.stage.startswith("train") for s in stages) == recipe.rounds.count
-        assert sum(s.generations for s in stages if s.stage.startswith("sample")) > 0
+        assert sum(s.kind == "train" for s in stages) == recipe.rounds.count
+        assert sum(s.generations for s in stages if s.kind == "sample") > 0
 
 
 def test_quickstart_is_the_embedded_default():
     r = load_recipe("recipes/quickstart.yaml")
     assert r.policy.model == "smollm2" and r.rounds.count == 2
     assert r.training.trainer == "dpo" and r.pairs.strategy == "best_vs_worst"
-    assert [s.kind for s in r.scoring] == ["rule_instructions"]
+    assert [s.kind_name() for s in r.scoring] == ["rule_instructions"]
     assert r.prompts.constraints is not None and r.prompts.constraints.k_min >= 1
 
 
@@ -55,6 +60,18 @@ BASE = "name: t\nprompts:\n  seeds: {path: recipes/data/spin_seeds.jsonl}\n"
     ("scoring: [{kind: judge, kk: 2}]\n", "did you mean 'k'?"),
     ("scoring: [{kind: telepathy}]\n", "scoring.0"),
     ("pairs: {strategy: best_vs_worst}\nscoring: []\n", "needs at least one scorer"),
+    ("pairs: {scorer: judgy}\n", "pairs.scorer: no point scorer named 'judgy' in `scoring`; known: rule_instructions"),
+    ("pairs: {agreement_scorer: rm}\n", "pairs.agreement_scorer: no point scorer named 'rm'"),
+    ("scoring: [{kind: rule_instructions}, {kind: ensemble, members: [rules, nope]}]\n",
+     "scoring.1.members: no point scorer (not an ensemble) named 'rules'"),
+    ("eval: {judge: pj}\n", "eval.judge: no pairwise scorer named 'pj' in `scoring`; known: none"),
+    ("eval: {scorers: [rm]}\n", "eval.scorers: no point scorer named 'rm'"),
+    ("scoring: [{kind: rule_instructions}, {kind: rule_instructions}]\n", "two scorers are named 'rule_instructions'"),
+    ("policy: {kind: openai, model: served}\nrounds: {count: 1}\n", "policy.kind openai cannot serve the model"),
+    ("pairs: {strategy: rft_topk}\n", "trains on pairs rows but pairs.strategy rft_topk makes sft rows"),
+    ("training: {trainer: rft, top_k: 2}\npairs: {strategy: rft_topk}\n", "set pairs.top_k, not training.top_k"),
+    ("prompts: {seeds: {path: recipes/data/spin_seeds.jsonl}, heldout_fraction: 0.6, validation_fraction: 0.5}\n",
+     "leaves no training prompts"),
 ])
 def test_bad_recipes_name_the_key(tmp_path, extra, expect):
     with pytest.raises(RecipeError) as e:
@@ -90,11 +107,24 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
     assert "quickstart.r2.samples" in out and "total" in out
     assert not store.exists()
     assert main(["run", "recipes/quickstart.yaml", "--dry-run", "--json", "--set", "sampling.n=2"]) == 0
-    stages = json.loads(capsys.readouterr().out)
+    planned = json.loads(capsys.readouterr().out)
     r = load_recipe("recipes/quickstart.yaml")
-    samples = [s for s in stages if s["stage"].startswith("sample")]
-    base = [s for s in plan(r) if s.stage.startswith("sample")]
+    samples = [s for s in planned["stages"] if s["kind"] == "sample"]
+    base = [s for s in compile_plan(r).stages if s.kind == "sample"]
     assert samples[0]["generations"] * r.sampling.n == base[0].generations * 2
+    assert "quickstart.r1.scores.rule_instructions" in planned["tables"]
+
+
+def test_limit_renames_every_table_and_caps_prompts(capsys):
+    assert main(["run", "recipes/quickstart.yaml", "--dry-run", "--json", "--limit", "8"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert all(t.startswith("quickstart-n8.") or t == "models" for t in planned["tables"])
+    r = load_recipe("recipes/quickstart.yaml", limit=8)
+    assert r.prompts.limit == 8 and r.report.out.endswith("-n8") and r.export.out.endswith("-n8")
+    for bad in ("0", "-3", "many"):
+        assert main(["run", "recipes/quickstart.yaml", "--dry-run", "--limit", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--limit" in err
 
 
 def test_cli_bad_recipe_is_one_line(tmp_path, capsys):

@@ -46,6 +46,9 @@ class CritiqueConfig(JudgeConfigBase):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.reading != "text":
+            raise ValueError(f"critique judges write a critique before the rating, so reading={self.reading!r} "
+                             "does not apply; use reading: text (or a pointwise judge for constrained readings)")
         if self.spec is not None and not self.spec.strip():
             raise ValueError("spec is empty; give the specification text or leave spec out")
         if self.low >= self.high:

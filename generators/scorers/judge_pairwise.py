@@ -24,6 +24,9 @@ from pydantic import Field
 from generators.backends.base import Backend, Conversation
 from generators.scorers.judge_parse import ParseFailure, Verdict, parse_verdict, swap_verdict
 from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
+from generators.scorers.readings import Reading
+
+VERDICT_CHOICES = ("A", "B", "C")      # C = tie, as in MT-Bench's "[[C]]"
 
 
 class PairwiseJudgeConfig(JudgeConfigBase):
@@ -72,20 +75,36 @@ class PairwiseJudge(LLMJudge):
     def id_parts(self) -> list[str]:
         return ["both_orders"]
 
+    @staticmethod
+    def _read(reading: Reading, completion) -> Verdict | ParseFailure:
+        """The verdict of one reply: parsed text, the constrained letter, or the most probable letter."""
+        if reading.method == "text":
+            return parse_verdict(completion.text)
+        if reading.method == "logprobs":
+            dist = reading.distribution(completion)
+            if dist is None:
+                return ParseFailure("no_verdict_logprobs", completion.text)
+            letter = max(dist, key=dist.get)
+        else:
+            letter = completion.text.strip()[:1]
+        return {"A": "A", "B": "B", "C": "tie"}.get(letter) or ParseFailure("unexpected_choice", completion.text)
+
     def compare(self, prompts: Sequence[Conversation], responses_a: Sequence[str],
                 responses_b: Sequence[str]) -> list[PairJudgment]:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} a-responses, {len(responses_b)} "
                              "b-responses; pass one of each per pair")
-        ab = [self.render(messages=plain(p), response_a=a, response_b=b)
+        reading = Reading(self.cfg.reading, VERDICT_CHOICES if self.cfg.reading != "text" else ())
+        short = reading.short_reply
+        ab = [self.render(messages=plain(p), response_a=a, response_b=b, short_reply=short)
               for p, a, b in zip(prompts, responses_a, responses_b)]
-        ba = [self.render(messages=plain(p), response_a=b, response_b=a)
+        ba = [self.render(messages=plain(p), response_a=b, response_b=a, short_reply=short)
               for p, a, b in zip(prompts, responses_a, responses_b)]
-        outs = self.ask(ab + ba, 1)
+        outs = self.ask(ab + ba, 1, reading.sampling(self.cfg.sampling(1)))
         n = len(prompts)
         result = []
         for (c_ab,), (c_ba,) in zip(outs[:n], outs[n:]):
-            v_ab, v_ba = parse_verdict(c_ab.text), parse_verdict(c_ba.text)
+            v_ab, v_ba = self._read(reading, c_ab), self._read(reading, c_ba)
             bad = [f"{order}:{v.reason}" for order, v in (("ab", v_ab), ("ba", v_ba)) if isinstance(v, ParseFailure)]
             failure = None
             if bad:

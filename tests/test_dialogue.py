@@ -34,7 +34,9 @@ class ScriptedPolicy:
         for conv in conversations:
             self.conversations.append([dict(m) for m in conv])
             seed, n = conv[0]["content"], sum(m["role"] == "user" for m in conv)
-            text = "Same answer." if "parrot" in seed else "" if "mute" in seed else f"Answer {n} to: {conv[-1]['content']}"
+            text = ("Same answer." if "parrot" in seed else "" if "mute" in seed else
+                    f"Answer {n}: a long explanation with many words about {seed} that goes on." if "copycat" in seed
+                    else f"Answer {n} to: {conv[-1]['content']}")
             out.append([Completion(text=text)] * sampling.n)
         return out
 
@@ -56,6 +58,7 @@ class ScriptedUser:
             marker = re.search(r"reply with exactly (\S+) instead", req).group(1)
             text = (marker if ("goal2" in seed and turn == 2) or ("goal3" in seed and turn == 3) else
                     seed if "echo" in seed else "   " if "blank" in seed else
+                    " ".join(re.findall(r"\nAssistant: (.*)\n", req)[-1].split()[:10]) if "copycat" in seed else
                     f'User: "Follow-up {turn} please"\nAssistant: sure' if "label" in seed else
                     f"Follow-up {turn} on {seed}")
             out.append([Completion(text=text)] * sampling.n)
@@ -63,7 +66,7 @@ class ScriptedUser:
 
 
 SEEDS = ["Tell me about tea.", "parrot question", "mute question", "goal2 question", "goal3 question",
-         "echo question", "blank question", "label question"]
+         "echo question", "blank question", "label question", "copycat question"]
 
 
 def seed_prompts(store: Store, texts=SEEDS, **extra) -> None:
@@ -99,7 +102,7 @@ def test_turns_stop_rules_and_quarantine_reasons(store):
     reasons = {json.loads(p)["messages"][0]["content"]: r for p, r in q.select("payload", "reason").iter_rows()}
     assert reasons == {"parrot question": "repeated_turn:assistant", "mute question": "empty_turn:assistant",
                        "goal2 question": "too_short:goal_reached", "echo question": "repeated_turn:user",
-                       "blank question": "empty_turn:user"}
+                       "blank question": "empty_turn:user", "copycat question": "repeated_turn:user"}
     assert set(rows) == {"Tell me about tea.", "goal3 question", "label question"}
     assert all(r["messages"][-1]["role"] == "user" for r in rows.values())
     calls = len(policy.conversations) + len(user.requests)
@@ -165,6 +168,13 @@ def test_clean_user_turn():
     assert dialogue.clean_user_turn('**User:** "How long should it steep?"', m) == ("How long should it steep?", False)
     assert dialogue.clean_user_turn("Thanks, that's all! " + m, m) == ("Thanks, that's all!", True)
     assert dialogue.clean_user_turn("Why?\nAssistant: Because.", m) == ("Why?", False)
+    assert dialogue.clean_user_turn("User: Why blue?\n\nResearcher: It is a question.", m) == ("Why blue?", False)
+    long = "here is a long explanation with many words about tea that goes on and on"
+    assert dialogue.repeats(long[:60], [long], 0.8) and not dialogue.repeats("How long should it steep?",
+                                                                          ["Tea: How long should it steep? 3 min."], 0.8)
+    question = "how long should I steep green tea in hot water"
+    answer = f"You asked {question}. Steep it for two minutes at about eighty degrees, then taste and adjust."
+    assert not dialogue.repeats(answer, [question], 0.8)          # restating the question is not a copy
 
 
 def test_tiny_model_dialogues_are_rows_or_quarantined(store, tiny_model_dir):

@@ -29,8 +29,8 @@ class SlowPolicy(ScriptedPolicy):
         return super().generate(conversations, sampling)
 
 policy, user = SlowPolicy(), ScriptedUser()
-ref = dialogue_stage(Store(sys.argv[2]), policy, user, DialogueConfig(turns=int(sys.argv[3]), batch_size=int(sys.argv[4])),
-                     prompts="seeds", output="dialogues")
+cfg = DialogueConfig(turns=int(sys.argv[3]), batch_size=int(sys.argv[4]))
+ref = dialogue_stage(Store(sys.argv[2]), policy, user, cfg, prompts="seeds", output="dialogues")
 print("result", json.dumps({"ref": str(ref), "seeds": sorted({c[0]["content"] for c in policy.conversations}),
                             "policy_calls": len(policy.conversations)}), flush=True)
 '''

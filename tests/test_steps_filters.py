@@ -116,7 +116,8 @@ def test_first_wrong_step_all_pairs_and_margin():
     out = first_wrong_step_pairs(frame.lazy(), mode="all_pairs").collect().sort("prompt_id", "chosen_id",
                                                                                  "rejected_id")
     assert out.select("prompt_id", "chosen_id", "rejected_id", "drop_reason").rows() == [
-        ("p1", "A", "B", None), ("p1", "A", "C", None), ("p1", "B", "C", None), ("p2", "D", "E", "first_wrong_step_tie")]
+        ("p1", "A", "B", None), ("p1", "A", "C", None), ("p1", "B", "C", None),
+        ("p2", "D", "E", "first_wrong_step_tie")]
     capped = first_wrong_step_pairs(frame.lazy(), mode="all_pairs", max_pairs_per_prompt=1).collect()
     assert capped.filter(pl.col("prompt_id") == "p1").select("chosen_id", "rejected_id").rows() == [("A", "C")]
     strict = first_wrong_step_pairs(frame.lazy(), min_margin=2).collect()

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from generators.backends.base import Completion, Sampling
+from generators.backends.base import BackendError, Completion, Sampling
 from pipelines import keys
 from pipelines.prompts import prompt_row, prompts_frame
 from pipelines.schemas import get_schema
@@ -90,6 +90,7 @@ def test_monte_carlo_labels_exact_and_calls_equal_steps_times_k(store):
     assert be.continuations == (2 + 3) * 3 == sum(r["calls"] for r in rows.values())
     assert sorted(be.prefixes) == sorted(SCRIPT)          # one request per step prefix, exactly these texts
     assert json.loads(r1["details"])["hits"] == [1, 1]
+    assert json.loads(r1["details"])["answers"] == [["6", "5", "6"], ["6", "6", "5"]]
     assert {r["method"] for r in rows.values()} == {"monte_carlo"} and {r["k"] for r in rows.values()} == {3}
 
 
@@ -136,6 +137,9 @@ def test_bad_input_is_one_line_before_any_write(store):
         steps_stage(store, ScriptedContinuer({}), StepsConfig(), samples="samples", prompts="prompts", output="labels")
     assert "\n" not in str(e.value)
     assert sorted(store.tables(include_internal=True)) == before and not store.exists("labels")
+    with pytest.raises(BackendError, match="cannot continue an assistant prefix"):
+        steps_stage(store, ScriptedJudge(), StepsConfig(), samples="samples", prompts="prompts", output="labels")
+    assert sorted(store.tables(include_internal=True)) == before
     seed_store(store2 := Store(store.root.parent / "s2"), [("Colour?", "Step 1: red", None, "stop")])
     with pytest.raises(ValueError, match="need gold answers"):
         steps_stage(store2, ScriptedContinuer({}), StepsConfig(), samples="samples", prompts="prompts", output="x")

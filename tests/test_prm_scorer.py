@@ -10,7 +10,7 @@ import pytest
 
 from filters.steps import prompt_text
 from generators.backends.base import BackendError
-from generators.scorers.base import Scorer
+from generators.scorers.base import PointScorer
 from generators.scorers.prm import PRMConfig, ProcessRewardModel, aggregate, prm_inputs
 
 
@@ -60,8 +60,8 @@ def test_prm_scores_match_per_step_probabilities(prm_dir):
              ["Step 1: 4 x 5 = 20.", "Step 2: So 20.", "Step 3: Done."]]
     expected = [_manual_probs(prm_dir, p, s) for p, s in zip(PROMPTS, steps)]
     for how in ("min", "product", "last"):
-        prm = ProcessRewardModel(PRMConfig(model=str(prm_dir), aggregation=how, device="cpu"))
-        assert isinstance(prm, Scorer)
+        prm = PRMConfig(model=str(prm_dir), aggregation=how, device="cpu").build()
+        assert isinstance(prm, PointScorer) and isinstance(prm, ProcessRewardModel)
         prm.load()
         res = prm.evaluate(PROMPTS, ANSWERS)
         assert all(r.ok for r in res)
@@ -104,3 +104,13 @@ def test_prm_failures_ids_and_config(prm_dir, tmp_path):
     with pytest.raises(ValueError, match="aggregation"):
         PRMConfig(model=str(prm_dir), aggregation="mean")
     assert aggregate([0.5, 0.25], "product") == 0.125
+
+
+def test_prm_kind_registers_and_builds(prm_dir):
+    from generators.scorers.config import build_scorer, parse_scorer_config, register_scorer_kind
+
+    register_scorer_kind(PRMConfig)
+    cfg = parse_scorer_config({"kind": "prm", "model": str(prm_dir), "aggregation": "product",
+                               "split": {"mode": "lines"}})
+    assert isinstance(cfg, PRMConfig) and cfg.model_folders() == [str(prm_dir)]
+    assert isinstance(build_scorer(cfg), ProcessRewardModel) and not cfg.uses_backend and not cfg.pairwise

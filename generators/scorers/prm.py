@@ -2,7 +2,7 @@
 TRL's stepwise-supervision format scores every step of an answer; the answer's score aggregates
 the per-step probabilities of "good" (min, product or last).
 
-    prm = ProcessRewardModel(PRMConfig(model="out/prm", aggregation="min"))
+    prm = PRMConfig(model="out/prm", aggregation="min").build()       # a PointScorer
     prm.load()
     [r.score for r in prm.evaluate([[{"role": "user", "content": q}]], ["Step 1: ...\nStep 2: ..."])]
 
@@ -51,6 +51,12 @@ class PRMConfig(ScorerConfigBase):
 
     def display_name(self) -> str:
         return self.name or Path(self.model).name
+
+    def model_folders(self) -> list[str]:
+        return [self.model]
+
+    def build(self, *, backend=None) -> ProcessRewardModel:
+        return ProcessRewardModel(self)
 
 
 def prm_inputs(tok, prompt: str, steps: Sequence[str], separator: str) -> tuple[list[int], list[int]]:
@@ -168,9 +174,8 @@ class ProcessRewardModel:
                 out[i] = ([float(probs[j, p]) for p in rows[i][1]], rows[i][2])
         return out
 
-    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], *,
-                 references: Sequence[str | None] | None = None) -> list[ScoreResult]:
-        """Uniform scorer interface (generators/scorers/base.py); references are not used."""
+    def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], **extras) -> list[ScoreResult]:
+        """Uniform point-scorer interface (generators/scorers/base.py); no extras are used."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
         steps = [step_texts(r, split_steps(r, self.cfg.split)) for r in responses]

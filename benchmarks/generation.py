@@ -1,14 +1,26 @@
-"""Generation overhead: the sampling stage through prefmill (store, keys, batching, commits,
-lineage) against raw `vllm.LLM.chat` on the same prompts, params and engine, in one run.
+"""Generation efficiency: prefmill's sampling path (keys, store commits, lineage) against one raw
+`vllm.LLM.chat` over all prompts, same prompts, params and engine, side by side in one run.
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/generation.py [--models tiny,smollm2]
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/generation.py               # both cases
+    python benchmarks/generation.py --cases tiny --ours stage                     # today's sample_stage
 
-Per model: one engine; a warm-up pass over every prompt (so both sides see a warm prefix cache);
-then raw and prefmill runs alternate `--reps` times; throughput = completion tokens / wall
-seconds; efficiency = median over reps of (prefmill run / the raw run just before it), which
-cancels slow drifts in machine load. Also the cost per prompt of n=8 vs n=1 through the stage.
-Last line: `generation_efficiency: X.XX (prefmill tokens/s / raw tokens/s)`, the lowest ratio
-over the models measured.
+Cases (issue 13): `tiny` = 2,048 prompts x n=4 x 64 tokens on a tiny random Llama (always runs to
+max_tokens: measures per-request overhead), `smollm2` = 256 prompts x n=4 x up to 96 tokens on
+the embedded SmolLM2 (answers end at different lengths: measures the batch tail).
+
+`--ours` picks prefmill's side:
+- `stream` (default): `backend.stream()` fed lazily from the prompts table through a minimal
+  commit loop equal to what the stage driver does: keys first, then completions -> rows ->
+  one atomic `StageRun.write` every `--commit-rows` rows or `--commit-s` seconds, then
+  `StageRun.finish`. (Switch to the real stage driver once it lands.)
+- `stage`: `pipelines.sampling.sample_stage` with its default batch size (the "before": the
+  engine drains each batch of 64 prompts before the next starts).
+
+Per case: one engine; a prefill-only pass (max_tokens=1) over every prompt warms the prefix
+cache for both sides; then raw and prefmill runs alternate `--reps` times. Throughput =
+completion tokens / wall seconds; efficiency = median over reps of (prefmill run / the raw run
+just before it). Load averages are printed: figures taken on a shared machine carry them.
+Last line: `generation_efficiency: X.XX`, the lowest efficiency over the cases.
 """
 from __future__ import annotations
 
@@ -28,14 +40,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import polars as pl  # noqa: E402
 
 SEEDS = Path(__file__).resolve().parents[1] / "recipes" / "data" / "seed_prompts.jsonl"
+CASES = {"tiny": {"prompts": 2048, "n": 4, "max_tokens": 64},
+         "smollm2": {"prompts": 256, "n": 4, "max_tokens": 96}}
 
 
-def _prompts(k: int) -> list[list[dict]]:
-    lines = [json.loads(x)["prompt"] for x in SEEDS.read_text().splitlines()][:k]
-    return [[{"role": "user", "content": t}] for t in lines]
+def prompts(k: int) -> list[list[dict]]:
+    """k distinct single-turn conversations: the seed prompts, then numbered variants of them."""
+    seeds = [json.loads(x)["prompt"] for x in SEEDS.read_text().splitlines() if x.strip()]
+    texts = [seeds[i % len(seeds)] if i < len(seeds) else f"{seeds[i % len(seeds)]} (variant {i // len(seeds)})"
+             for i in range(k)]
+    return [[{"role": "user", "content": t}] for t in texts]
 
 
-def _store_with_prompts(root: Path, convs: list[list[dict]]):
+def store_with_prompts(root: Path, convs: list[list[dict]]):
     from pipelines.prompts import prompt_row, prompts_frame
     from pipelines.store import Store
 
@@ -45,7 +62,7 @@ def _store_with_prompts(root: Path, convs: list[list[dict]]):
     return store
 
 
-def _raw(be, convs, sampling) -> tuple[int, float]:
+def raw_side(be, convs, sampling) -> tuple[int, float]:
     params = be.sampling_params(sampling)
     t = time.perf_counter()
     outs = be.llm.chat(convs, params, use_tqdm=False)
@@ -53,7 +70,7 @@ def _raw(be, convs, sampling) -> tuple[int, float]:
     return sum(len(c.token_ids) for o in outs for c in o.outputs), dt
 
 
-def _stage(be, store, cfg, output: str) -> tuple[int, float]:
+def stage_side(be, store, cfg, output: str, **_) -> tuple[int, float]:
     from pipelines.sampling import sample_stage
 
     t = time.perf_counter()
@@ -62,80 +79,129 @@ def _stage(be, store, cfg, output: str) -> tuple[int, float]:
     return int(store.read(ref, columns=["completion_tokens"])["completion_tokens"].sum()), dt
 
 
-def bench_model(name: str, path: Path, *, prompts: int, n: int, max_tokens: int, reps: int, batch_size: int) -> dict:
+def stream_side(be, store, cfg, output: str, *, commit_rows: int, commit_s: float) -> tuple[int, float]:
+    """The minimal stage-driver loop over `backend.stream()` (see the module docstring)."""
+    from pipelines import keys
+    from pipelines.schemas import get_schema
+    from pipelines.stage import StageRun
+
+    t = time.perf_counter()
+    sampling = cfg.sampling()
+    kp = sampling.key_params()
+    sjson = json.dumps(kp, sort_keys=True)
+    policy, rev = be.model_id, be.revision
+    run = StageRun(store, stage="sample", output=output, kind="samples", parents=[store.ref("prompts")],
+                   config=cfg.model_dump(mode="json", exclude={"batch_size"}),
+                   models={"policy": {"id": policy, "revision": rev}})
+    frame = store.read("prompts", columns=["prompt_id", "messages"])
+    wanted = {r["prompt_id"]: ([keys.sample_id(r["prompt_id"], policy=policy, revision=rev, sampling=kp,
+                                               seed=cfg.seed, index=i) for i in range(cfg.n)],
+                               [{"role": m["role"], "content": m["content"]} for m in r["messages"]])
+              for r in frame.iter_rows(named=True)}
+    done = run.done_keys()
+    requests = ((pid, conv) for pid, (ks, conv) in wanted.items() if any(k not in done for k in ks))
+    schema = get_schema("samples").schema
+    rows: list[dict] = []
+    tokens, last = 0, time.monotonic()
+    for pid, comps in be.stream(requests, sampling):
+        for i, c in enumerate(comps):
+            rows.append({"sample_id": wanted[pid][0][i], "prompt_id": pid, "policy": policy, "policy_revision": rev,
+                         "sample_index": i, "seed": cfg.seed, "sampling": sjson, "completion": c.text,
+                         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                         "completion_tokens": c.completion_tokens, "is_reference": False})
+            tokens += c.completion_tokens
+        if len(rows) >= commit_rows or time.monotonic() - last >= commit_s:
+            run.write(pl.DataFrame(rows, schema=schema))
+            rows, last = [], time.monotonic()
+    if rows:
+        run.write(pl.DataFrame(rows, schema=schema))
+    run.finish(rows_in=len(wanted), target_keys=[k for ks, _ in wanted.values() for k in ks])
+    return tokens, time.perf_counter() - t
+
+
+def bench_case(name: str, path: Path, *, prompts_k: int, n: int, max_tokens: int, reps: int, sides: list[str],
+               commit_rows: int, commit_s: float) -> dict:
+    from generators.backends.base import Sampling
     from generators.backends.vllm_offline import VLLMBackend
     from pipelines.sampling import SamplingStageConfig
 
-    convs = _prompts(prompts)
+    convs = prompts(prompts_k)
     be = VLLMBackend(path, model_id=name, max_model_len=1024)
+    t_load = time.perf_counter()
     be.load()
+    t_load = time.perf_counter() - t_load
+    fns = {"stream": stream_side, "stage": stage_side}
+    raw: list[tuple] = []
+    mine: dict[str, list[tuple]] = {s: [] for s in sides}
+    loads = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            store = _store_with_prompts(Path(tmp) / "store", convs)
-            cfg = SamplingStageConfig(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens, split="all",
-                                      batch_size=batch_size)
-            sampling = cfg.sampling()
-            _raw(be, convs, sampling)                                   # warm-up: prefix cache, kernels
-            raw, ours = [], []
+            store = store_with_prompts(Path(tmp) / "store", convs)
+            cfg = SamplingStageConfig(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens, split="all")
+            raw_side(be, convs, Sampling(n=1, temperature=0, max_tokens=1))      # prefill pass: warm prefix cache
             for r in range(reps):
-                tok, dt = _raw(be, convs, sampling)
+                loads.append(os.getloadavg()[0])
+                tok, dt = raw_side(be, convs, cfg.sampling())
                 raw.append((tok / dt, tok, dt))
-                tok, dt = _stage(be, store, cfg.model_copy(update={"seed": 100 + r}), f"s{r}")
-                ours.append((tok / dt, tok, dt))
-            runs: dict[int, list[tuple[int, float]]] = {1: [], 8: []}
-            for r in range(reps):                                     # interleaved, like the pairs above
-                for k in (1, 8):
-                    c = cfg.model_copy(update={"n": k, "seed": 200 + r})
-                    runs[k].append(_stage(be, store, c, f"n{k}_{r}"))
-            cost = {k: {"s_per_prompt": statistics.median(dt for _, dt in v) / len(convs),
-                        "tokens": statistics.median(t for t, _ in v),
-                        "tok_per_s": statistics.median(t / dt for t, dt in v)} for k, v in runs.items()}
+                print(f"  {name} rep {r}: raw {tok} tokens in {dt:.1f} s ({tok / dt:.0f} tok/s), "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+                for side in sides:
+                    tok, dt = fns[side](be, store, cfg.model_copy(update={"seed": 100 + r}), f"{side}{r}",
+                                        commit_rows=commit_rows, commit_s=commit_s)
+                    mine[side].append((tok / dt, tok, dt))
+                    loads.append(os.getloadavg()[0])
+                    print(f"  {name} rep {r}: prefmill/{side} {tok} tokens in {dt:.1f} s ({tok / dt:.0f} tok/s), "
+                          f"efficiency {tok / dt / raw[-1][0]:.3f}, load {loads[-1]:.1f}", flush=True)
     finally:
         be.close()
-    raw_tps = statistics.median(x[0] for x in raw)
-    our_tps = statistics.median(x[0] for x in ours)
-    # Paired ratio: each prefmill run against the raw run just before it (same machine load).
-    eff = statistics.median(o[0] / r[0] for o, r in zip(ours, raw))
-    return {"model": name, "prompts": len(convs), "n": n, "max_tokens": max_tokens, "raw_tok_s": raw_tps,
-            "prefmill_tok_s": our_tps, "efficiency": eff, "raw_runs": raw, "prefmill_runs": ours,
-            "n8_vs_n1": cost}
+    # Paired: each prefmill run against the raw run of its rep (same machine load, as far as it goes).
+    eff = {s: statistics.median(o[0] / r[0] for o, r in zip(runs, raw)) for s, runs in mine.items()}
+    return {"case": name, "prompts": len(convs), "n": n, "max_tokens": max_tokens, "engine_load_s": round(t_load, 1),
+            "raw_tok_s": [round(x[0]) for x in raw], "raw_s": [round(x[2], 1) for x in raw],
+            **{f"{s}_tok_s": [round(x[0]) for x in runs] for s, runs in mine.items()},
+            **{f"{s}_s": [round(x[2], 1) for x in runs] for s, runs in mine.items()},
+            "efficiency": eff, "load_avg": [round(x, 1) for x in loads]}
+
+
+def model_path(name: str) -> Path:
+    if name == "tiny":
+        from generators.models.tiny import build_tiny_llama
+
+        return build_tiny_llama(Path(tempfile.mkdtemp(prefix="bench-tiny-")), seed=0)
+    from generators.models.registry import resolve_model
+
+    return resolve_model(name)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="tiny,smollm2", help="comma list: tiny, smollm2, or model folders")
-    ap.add_argument("--prompts", type=int, default=48)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=64, help="prompts per stage batch/commit")
+    ap.add_argument("--cases", default="tiny,smollm2", help="comma list of: " + ", ".join(CASES))
+    ap.add_argument("--ours", default="stream", help="prefmill's side(s), comma list of stream, stage (module doc)")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=None, help="override the case's prompt count (smoke runs)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="override the case's max_tokens")
+    ap.add_argument("--commit-rows", type=int, default=256, help="stream: commit after this many rows "
+                    "(64 prompts x n=4, the stage's default batch)")
+    ap.add_argument("--commit-s", type=float, default=10.0, help="stream: or after this many seconds")
     a = ap.parse_args(argv)
+    sides = a.ours.split(",")
+    if not set(sides) <= {"stream", "stage"}:
+        ap.error(f"--ours {a.ours!r}; use stream, stage or stream,stage")
     results = []
-    for name in a.models.split(","):
-        if name == "tiny":
-            from generators.models.tiny import build_tiny_llama
-
-            path = build_tiny_llama(Path(tempfile.mkdtemp(prefix="bench-tiny-")), seed=0)
-        else:
-            from generators.models.registry import resolve_model
-
-            path = resolve_model(name)
-        r = bench_model(name, path, prompts=a.prompts, n=a.n, max_tokens=a.max_tokens, reps=a.reps,
-                        batch_size=a.batch_size)
+    for name in a.cases.split(","):
+        if name not in CASES:
+            ap.error(f"unknown case {name!r}; expected one of {', '.join(CASES)}")
+        c = CASES[name]
+        r = bench_case(name, model_path(name), prompts_k=a.prompts or c["prompts"], n=c["n"],
+                       max_tokens=a.max_tokens or c["max_tokens"], reps=a.reps, sides=sides,
+                       commit_rows=a.commit_rows, commit_s=a.commit_s)
         results.append(r)
-        c1, c8 = r["n8_vs_n1"][1], r["n8_vs_n1"][8]
-        print(f"{name}: {r['prompts']} prompts x n={r['n']}, max_tokens={r['max_tokens']}: "
-              f"raw {r['raw_tok_s']:.0f} tok/s, prefmill {r['prefmill_tok_s']:.0f} tok/s, "
-              f"efficiency {r['efficiency']:.3f}", flush=True)
-        print(f"{name}: runs tok/s raw {[round(x[0]) for x in r['raw_runs']]}, "
-              f"prefmill {[round(x[0]) for x in r['prefmill_runs']]}", flush=True)
-        print(f"{name}: n=1 {c1['s_per_prompt']:.3f} s/prompt ({c1['tok_per_s']:.0f} tok/s); "
-              f"n=8 {c8['s_per_prompt']:.3f} s/prompt ({c8['tok_per_s']:.0f} tok/s); "
-              f"n=8 costs {c8['s_per_prompt'] / c1['s_per_prompt']:.2f}x n=1 per prompt for "
-              f"{c8['tokens'] / max(c1['tokens'], 1):.1f}x the tokens", flush=True)
-    print(json.dumps([{k: v for k, v in r.items() if not k.endswith("_runs")} for r in results], default=str))
-    eff = min(r["efficiency"] for r in results)
-    print(f"generation_efficiency: {eff:.2f} (prefmill tokens/s / raw tokens/s)")
+        print(f"{name}: {r['prompts']} prompts x n={r['n']} x {r['max_tokens']} tokens: raw {r['raw_tok_s']} tok/s, "
+              + ", ".join(f"prefmill/{s} {r[s + '_tok_s']} tok/s (efficiency {r['efficiency'][s]:.3f})" for s in sides)
+              + f", load {r['load_avg']}", flush=True)
+    print(json.dumps(results))
+    # The headline is prefmill's own path: the first side asked for (stream unless --ours says otherwise).
+    print(f"generation_efficiency: {min(r['efficiency'][sides[0]] for r in results):.2f}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def test_sampling_fields_validate_and_keep_old_keys():
     kp = Sampling(guided_choice=SCORES, top_logprobs=5).key_params()
     assert kp["guided_choice"] == list(SCORES) and kp["top_logprobs"] == 5 and "guided_regex" not in kp
     assert Sampling(guided_regex="[0-9]").key_params()["guided_regex"] == "[0-9]"
+    assert Sampling(guided_choice=["1", "2"]) == Sampling(guided_choice=("1", "2"))   # lists from YAML
+    assert hash(Sampling(guided_choice=["1", "2"])) == hash(Sampling(guided_choice=("1", "2")))
     for bad, msg in [(dict(guided_choice=SCORES, guided_regex="1"), "use one of them"),
                      (dict(guided_choice=("1", "")), "non-empty"), (dict(guided_choice="12"), "tuple"),
                      (dict(guided_regex="(["), "not a valid regex"), (dict(top_logprobs=21), "0..20")]:

@@ -65,6 +65,8 @@ class Sampling:
             raise ValueError(f"sampling.top_p={self.top_p}; use 0 < top_p <= 1")
         if self.max_tokens < 1:
             raise ValueError(f"sampling.max_tokens={self.max_tokens}; use max_tokens >= 1")
+        if isinstance(self.guided_choice, list):       # from YAML/JSON: keep the dataclass hashable
+            object.__setattr__(self, "guided_choice", tuple(self.guided_choice))
         if isinstance(self.guided_choice, str) or not all(isinstance(c, str) and c for c in self.guided_choice):
             raise ValueError(f"sampling.guided_choice={self.guided_choice!r}; use a tuple of non-empty strings, "
                              "e.g. ('1', '2', '3')")

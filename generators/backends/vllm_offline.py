@@ -234,7 +234,7 @@ class VLLMBackend:
             self._streaming = False
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[Completion]]:
-        self.llm
+        _ = self.llm                   # BackendError before load()
         if not conversations:
             return []
         return generate_via_stream(self, conversations, sampling)

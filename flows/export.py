@@ -38,6 +38,7 @@ TRL_COLUMNS: dict[str, tuple[str, ...]] = {
     "pairs": ("prompt", "chosen", "rejected"),
     "unpaired": ("prompt", "completion", "label"),
     "sft": ("prompt", "completion"),
+    "step_labels": ("prompt", "completions", "labels"),     # TRL's stepwise supervision (PRM) format
 }
 _SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -103,7 +104,12 @@ def split_of(prompt_ids: pl.Series, splits: tuple[tuple[str, float], ...], *, se
 
 
 def prepare(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
-    """TRL columns first, then scores and keys; rows in key order (stable across runs)."""
+    """TRL columns first, then scores and keys; rows in key order (stable across runs). Step
+    labels become TRL's stepwise-supervision rows (prompt text, completions = steps, labels)."""
+    if kind == "step_labels":
+        from filters.steps import stepwise_rows
+
+        frame = stepwise_rows(frame).collect()
     first = list(TRL_COLUMNS[kind])
     key = get_schema(kind).key
     rest = [c for c in frame.columns if c not in first]
@@ -178,7 +184,13 @@ def _histogram(path: Path, series: dict[str, list[float]], *, title: str, xlabel
 def write_card(tmp: Path, *, store: Store, ref: TableRef, kind: str, frame: pl.DataFrame, manifest: dict) -> None:
     """README.md (dataset card) plus figures/*.png."""
     (tmp / "figures").mkdir()
-    if kind == "pairs":
+    if kind == "step_labels":
+        good = frame.select(pl.col("labels").list.eval(pl.element().cast(pl.Float64)).list.mean().alias("g"))
+        _histogram(tmp / "figures/score.png", {"share of good steps": good.get_column("g").drop_nulls().to_list()},
+                   title="Good steps per answer", xlabel="share")
+        _histogram(tmp / "figures/length.png", {"steps": frame.get_column("completions").list.len().to_list()},
+                   title="Steps per answer", xlabel="steps")
+    elif kind == "pairs":
         margin = frame.select((pl.col("chosen_score") - pl.col("rejected_score")).alias("m")).get_column("m").drop_nulls()
         _histogram(tmp / "figures/score.png", {"chosen - rejected": margin.to_list()}, title="Score margin", xlabel="margin")
         lens = frame.select(_last_content("chosen"), _last_content("rejected"))
@@ -189,7 +201,8 @@ def write_card(tmp: Path, *, store: Store, ref: TableRef, kind: str, frame: pl.D
         lens = frame.select(_last_content("completion")).get_column("completion").drop_nulls()
         _histogram(tmp / "figures/length.png", {"completion": lens.to_list()}, title="Completion length", xlabel="characters")
     fmt, splits = manifest["format"], manifest["splits"]
-    head = ["---", "tags: [prefmill, trl, " + {"pairs": "dpo", "unpaired": "kto", "sft": "sft"}[kind] + "]"]
+    tag = {"pairs": "dpo", "unpaired": "kto", "sft": "sft", "step_labels": "prm, stepwise-supervision"}[kind]
+    head = ["---", f"tags: [prefmill, trl, {tag}]"]
     if fmt != "hf":
         head += ["configs:", "- config_name: default", "  data_files:"]
         head += [f"  - split: {n}\n    path: {s['path']}" for n, s in splits.items()]
@@ -204,7 +217,9 @@ def write_card(tmp: Path, *, store: Store, ref: TableRef, kind: str, frame: pl.D
               "all rows of a prompt share one split.", "", "## Drops by reason", ""]
     drops = drops_by_reason(store, ref, manifest["lineage"])
     lines += (["| table | stage | reason | rows |", "|---|---|---|---|"] + [f"| {t} | {s} | {r} | {n} |" for t, s, r, n in drops]
-              if drops else ["No rows were dropped on the way to this version (or no records say so)."])
+              if drops else ["No row was quarantined on the way to this version. Rows in and out of a stage differ "
+                             "only where it combines rows (n samples of a prompt into one pair, pairs of a prompt "
+                             "into one export row); see the lineage below."])
     lines += ["", "## Distributions", "", "![scores](figures/score.png)", "", "![lengths](figures/length.png)", "",
               "## Lineage", ""]
     for c in manifest["lineage"]:

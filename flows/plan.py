@@ -217,7 +217,8 @@ def compile_plan(recipe: Recipe) -> Plan:
         out += _eval_stages(recipe, k, held, f"policy.r{k}")
     if recipe.export is not None:
         last = max(recipe.rounds.count, 1)
-        out.append(StageSpec("export", "export", last, recipe.export.out, inputs={"pairs": f"r{last}.pairs"},
+        what = f"r{last}.steps" if recipe.export.table == "steps" else f"r{last}.pairs"
+        out.append(StageSpec("export", "export", last, recipe.export.out, inputs={"table": what},
                              note=f"{recipe.export.format}", writes_table=False, final=True))
     out.append(StageSpec("report", "report", max(recipe.rounds.count, 1), recipe.report.out, writes_table=False,
                          final=True))

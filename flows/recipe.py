@@ -181,6 +181,8 @@ class ExportSection(Strict):
     format: Literal["hf", "parquet", "jsonl"] = Field("hf", description="export format")
     out: str = Field("out/export", description="export folder")
     split: dict[str, float] = Field(default_factory=dict, description="e.g. {test: 0.05}")
+    table: Literal["pairs", "steps"] = Field("pairs", description="what to export: the last round's pairs (TRL "
+                                             "preference format) or its step labels (TRL stepwise supervision)")
 
 
 class ReportSection(Strict):
@@ -265,6 +267,8 @@ class Recipe(Strict):
             raise ValueError(f"policy.kind {self.policy.kind} cannot serve the model a round trains (the endpoint "
                              "keeps serving its own model, so later rounds would be mislabelled); use kind vllm, "
                              "transformers or vllm_server, or rounds.count: 0 for data only")
+        if self.export is not None and self.export.table == "steps" and self.steps is None:
+            raise ValueError("export.table: steps needs a `steps:` section (step labels to export)")
         if len(judged) > 1:
             raise ValueError("scoring: at most one pairwise scorer per recipe (its judgments feed the pairs stage)")
         return self
@@ -422,7 +426,8 @@ def apply_limit(recipe: Recipe, limit: int) -> Recipe:
     p = recipe.prompts
     upd: dict[str, Any] = {"limit": limit}
     if p.seeds is not None:
-        upd["seeds"] = p.seeds.model_copy(update={"limit": min(p.seeds.limit or 10**9, max(4 * limit, limit + 16))})
+        upd["seeds"] = p.seeds.model_copy(update={"limit": min(p.seeds.limit or 10**9, max(4 * limit, limit + 16)),
+                                                  "cap": limit, "min_heldout": 1 if p.heldout_fraction > 0 else 0})
     if p.topics is not None:
         t = p.topics
         n_macro = min(len(t.macro_topics) or t.n_macro, max(1, limit // 4))

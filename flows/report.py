@@ -14,13 +14,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+
+from flows.report_funnel import examples_section, funnel_section, lift_section
+from flows.report_kit import Section
+from flows.report_kit import fmt as _fmt
+from flows.report_kit import plt_module as _plt
+from flows.report_kit import png as _png
 
 from pipelines.lineage import LINEAGE_TABLE
 from pipelines.quarantine import QUARANTINE_TABLE
@@ -37,35 +41,6 @@ def round_of(table: str) -> int | None:
     """'quickstart.r2.pairs' -> 2; 'r1_scores_rm' -> 1; 'quickstart.pairs' -> None."""
     m = _ROUND.search(table)
     return int(m.group(1)) if m else None
-
-
-@dataclass
-class Section:
-    title: str
-    text: str = ""
-    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)
-    figures: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _tables_of(store: Store, kind: str, recipe: str | None) -> list[str]:
@@ -200,7 +175,34 @@ def lineage_section(lineage: pl.DataFrame) -> Section:
     return Section("Stage runs", "Completion records (lineage) in the order they were written.", [(cols, rows)])
 
 
+def recipes_in(store: Store) -> list[str]:
+    """Recipe names of a store: the prefixes of its dotted table names (`quickstart.r1.pairs`)."""
+    return sorted({t.split(".", 1)[0] for t in store.tables() if "." in t})
+
+
+def _last_eval_answers(store: Store, recipe: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    answers = sorted((t for t in _tables_of(store, "samples", recipe) if t.endswith(".eval_responses")),
+                     key=lambda t: round_of(t) or 0)
+    prompts = f"{recipe}.prompts"
+    if not answers or not store.exists(prompts):
+        return pl.DataFrame(), pl.DataFrame()
+    return store.read(answers[-1]), store.read(prompts)
+
+
 def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
+    """The sections of one recipe's report; with recipe=None, one group of sections per recipe
+    in the store (metrics are never pooled across recipes)."""
+    if recipe is None:
+        names = recipes_in(store)
+        if len(names) > 1:
+            out: list[Section] = []
+            for name in names:
+                group = build_sections(store, recipe=name)
+                for sec in group:
+                    sec.title = f"{name}: {sec.title}"
+                out += group
+            return out
+        recipe = names[0] if names else None
     evals = _concat(store, _tables_of(store, "evals", recipe))
     models = _concat(store, _tables_of(store, "models", recipe))
     scores = _concat(store, _tables_of(store, "scores", recipe))
@@ -211,16 +213,34 @@ def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
     if recipe is not None:
         quarantine = quarantine.filter(pl.col("table").str.starts_with(recipe + ".")) if quarantine.height else quarantine
         lineage = lineage.filter(pl.col("table").str.starts_with(recipe + ".")) if lineage.height else lineage
+        if store.exists("models"):
+            m = store.read("models")
+            models = m.filter(pl.col("name").str.starts_with(recipe + "-")) if m.height else m
     out = []
     if evals.height:
         out.append(metrics_section(evals))
+        lift = lift_section(evals)
+        if lift is not None:
+            out.append(lift)
+    funnel = funnel_section(lineage, recipe=recipe)
+    if funnel is not None:
+        out.append(funnel)
     if scores.height:
         out.append(reward_section(scores))
     if responses.height and evals.height:
         model_round = {m: int(r) for m, r in evals.select("model", "round").unique().iter_rows() if r is not None}
-        out.append(length_section(responses, model_round))
+        responses = responses.with_columns(pl.col("_table").map_elements(round_of, return_dtype=pl.Int64)
+                                           .cast(pl.String).alias("policy")) if "_table" in responses.columns else responses
+        out.append(length_section(responses, {str(v): v for v in model_round.values()}))
+    if recipe is not None:
+        answers, prompts = _last_eval_answers(store, recipe)
+        ex = examples_section(answers, prompts)
+        if ex is not None:
+            out.append(ex)
     if pairs.height or (quarantine.height and _tables_of(store, "pairs", recipe)):
         out.append(pairs_section(pairs, quarantine, lineage))
+    if recipe is not None and store.exists(f"{recipe}.reviews") and _tables_of(store, "pairs", recipe):
+        out.append(_reviews_section(store, recipe))
     if quarantine.height:
         out.append(drops_section(quarantine))
     if models.height:
@@ -228,6 +248,14 @@ def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
     if lineage.height:
         out.append(lineage_section(lineage))
     return out
+
+
+def _reviews_section(store: Store, recipe: str) -> Section:
+    from flows.review.report import review_markdown
+
+    last = sorted(_tables_of(store, "pairs", recipe), key=lambda t: round_of(t) or 0)[-1]
+    text = review_markdown(store, last, reviews=f"{recipe}.reviews")
+    return Section("Human reviews: agreement with the judges", text)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

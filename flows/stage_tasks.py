@@ -265,7 +265,7 @@ def run_export(ctx: RunContext, spec: StageSpec) -> str:
     from flows.export import export_dataset
 
     e = ctx.recipe.export
-    return str(export_dataset(ctx.store, ctx.input(spec, "pairs"), fmt=e.format, out=e.out, split=e.split,
+    return str(export_dataset(ctx.store, ctx.input(spec, "table"), fmt=e.format, out=e.out, split=e.split,
                               overwrite=True))
 
 

@@ -46,6 +46,9 @@ class SeedImportConfig(BaseModel):
     task_type: str | None = Field(None, description="task type for every row when no task_type_column")
     system_prompt: str | None = Field(None, description="system message prepended to every prompt")
     limit: int | None = Field(None, ge=1, description="read at most this many rows")
+    cap: int | None = Field(None, ge=1, description="keep at most this many prompts, every split keeping its share "
+                            "(`prefmill run --limit`: later stages then work on a few prompts only)")
+    min_heldout: int = Field(0, ge=0, description="with cap: keep at least this many held-out prompts")
     heldout_fraction: float = Field(0.1, ge=0, le=1, description="fraction of prompts assigned to the held-out split")
     validation_fraction: float = Field(0.0, ge=0, le=1, description="fraction assigned to the validation split")
 
@@ -146,6 +149,8 @@ def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_pro
                     bad.append((r["prompt_id"], "exact_duplicate", {"messages": r["messages"]}))
                 seen.add(r["prompt_id"])
         run.quarantine(bad)
+        if cfg.cap is not None:
+            frame = cap_prompts(frame.sort("prompt_id"), cfg.cap, min_heldout=cfg.min_heldout)
         return frame, df.height
 
     return drive_frame(store, ident, compute, size=_CHUNK)

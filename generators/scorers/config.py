@@ -25,12 +25,13 @@ from generators.scorers.ensemble import EnsembleConfig
 from generators.scorers.judge_pairwise import PairwiseJudgeConfig
 from generators.scorers.judge_pointwise import PointwiseJudgeConfig
 from generators.scorers.multi_attribute import MultiAttributeConfig
+from generators.scorers.prm import PRMConfig
 from generators.scorers.reward_model import RewardModelConfig
 from generators.scorers.rules import RuleFormatConfig, RuleInstructionsConfig, RuleMathConfig
 
 _BUILT_IN: tuple[type[ScorerConfigBase], ...] = (
     RewardModelConfig, MultiAttributeConfig, PointwiseJudgeConfig, PairwiseJudgeConfig, CritiqueConfig,
-    RuleInstructionsConfig, RuleMathConfig, RuleFormatConfig, EnsembleConfig,
+    RuleInstructionsConfig, RuleMathConfig, RuleFormatConfig, EnsembleConfig, PRMConfig,
 )
 _REGISTRY: dict[str, type[ScorerConfigBase]] = {}
 

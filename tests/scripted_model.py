@@ -1,0 +1,70 @@
+"""A deterministic stand-in for a chat model behind an OpenAI-compatible endpoint on 127.0.0.1:
+it answers prompt-generation requests (topics, subtopics, prompts, refinements) with well-formed
+lists and texts, judge requests with one of the allowed answers when decoding is constrained,
+and anything else with a short varied answer derived from a hash of the request. Recipes whose
+prompts come from a topic tree run end to end against it, where a tiny random model writes
+nothing parseable.
+
+    srv = ScriptedModel(); ...  policy: {kind: openai, model: scripted, base_url: srv.url}
+    srv.close()
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from local_http import JSONHandler, LocalServer
+
+_WORDS = ("river", "garden", "engine", "market", "winter", "library", "planet", "kitchen", "bridge", "orchestra")
+
+
+def _h(text: str) -> int:
+    return int(hashlib.blake2b(text.encode(), digest_size=4).hexdigest(), 16)
+
+
+def reply(prompt: str, choice: list[str] | None) -> str:
+    """The scripted model's answer to the last user message."""
+    h = _h(prompt)
+    if choice:
+        return choice[h % len(choice)]
+    m = re.search(r"generate (\d+) diverse topics", prompt)
+    if m:
+        return "\n".join(f"{i + 1}. {w.capitalize()} care" for i, w in enumerate(_WORDS[:int(m.group(1))]))
+    m = re.search(r'generate (\d+) (?:diverse subtopics|questions|writing tasks|math word problems) related to "([^"]+)"',
+                  prompt)
+    if m:
+        n, topic = int(m.group(1)), m.group(2)
+        return "\n".join(f"{i + 1}. How does {topic.lower()} change the {_WORDS[(h + i) % len(_WORDS)]} in "
+                         f"practice number {i + 1}?" for i in range(n))
+    if "Rewrite it to be more detailed" in prompt:
+        inner = re.search(r'"(.+)"', prompt)
+        return (inner.group(1) if inner else "Explain it") + " Give two concrete examples."
+    words = [_WORDS[(h >> k) % len(_WORDS)] for k in range(2 + h % 9)]
+    text = " ".join(words)
+    return text.capitalize() + ("." if h % 3 else ", and more.")
+
+
+class ScriptedModel:
+    def __init__(self, name: str = "scripted"):
+        outer = self
+        self.requests = 0
+
+        class H(JSONHandler):
+            def do_GET(self):
+                self._send(200, {"data": [{"id": name, "root": name, "max_model_len": 4096}]})
+
+            def do_POST(self):
+                body = self._body()
+                outer.requests += 1
+                prompt = body["messages"][-1]["content"]
+                so = body.get("structured_outputs") or {}
+                choice = so.get("choice") or body.get("guided_choice")
+                n = int(body.get("n") or 1)
+                texts = [reply(prompt + (f"#{i}" if i and not choice else ""), choice) for i in range(n)]
+                self._send(200, {"choices": [{"index": i, "message": {"role": "assistant", "content": t},
+                                              "finish_reason": "stop"} for i, t in enumerate(texts)],
+                                 "usage": {"prompt_tokens": len(prompt.split()),
+                                           "completion_tokens": sum(len(t.split()) for t in texts)}})
+
+        self._srv = LocalServer(H)
+        self.url, self.close = self._srv.url, self._srv.close

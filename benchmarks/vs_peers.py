@@ -12,7 +12,9 @@ loopback) and is timed from process start to process exit (imports, pipeline set
 pairs all inside the timer). prefmill runs as `prefmill run RECIPE` (policy kind openai, a judge
 scorer on the same endpoint, pairs best_vs_worst); the peers run benchmarks/peers/*_side.py in
 their own virtualenvs (benchmarks/peers/infra.py pins the versions). Sides run in a shuffled order
-in every repeat; medians and ranges are reported with the load average at the time.
+in every repeat, after one untimed warm-up run per side and server (so no side pays for creating
+Prefect's database or a cold page cache); medians and ranges are reported with the load average
+(1-minute, at the start of each run).
 
 The server forces each judge reply to end in "Score: d" (benchmarks/peers/judge_forcer.py), the
 same for every side, so that a random model's judge replies can be read. Concurrency: the same
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -46,22 +49,28 @@ TOPICS = ["rivers", "bread", "chess", "volcanoes", "jazz", "tides", "bees", "gla
 # model -> (sample max_tokens, judge max_tokens, KV cache GiB)
 MODELS = {"tiny": (32, 16, 1.0), "smollm2": (64, 32, 2.0)}
 SIDES = ["prefmill", *PEERS]
-LOOP = "{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n{% endfor %}"
 
 
 def judge_template() -> str:
-    """prefmill's pointwise judge template with the message loop written for one user prompt
-    (`instruction`), checked to render exactly what prefmill renders."""
+    """prefmill's pointwise judge prompt (text reading, rubric 0-5) as a Jinja template over one user
+    prompt (`instruction`) and `response` for the peers, checked to render what prefmill renders."""
     from jinja2 import Template
 
-    from generators.templates import TEMPLATE_DIR, render
+    from generators.templates import render
 
-    src = (TEMPLATE_DIR / "judge_pointwise.jinja").read_text()
-    if LOOP not in src:
-        raise RuntimeError("judge_pointwise.jinja no longer has the message loop vs_peers rewrites; update LOOP")
-    peer = src.replace(LOOP, "User: {{ instruction }}\n")
+    fixed = {"short_reply": False, "low": "0", "high": "5"}     # what PointwiseJudge passes for reading=text
+    marks = ("\x00INSTRUCTION\x00", "\x00RESPONSE\x00")
+    text = render("judge_pointwise.jinja", messages=[{"role": "user", "content": marks[0]}], response=marks[1], **fixed)
+    if any(text.count(m) != 1 for m in marks):
+        raise RuntimeError("judge_pointwise.jinja no longer shows the prompt and the response once each; update "
+                           "vs_peers.judge_template")
+    head, rest = text.split(marks[0])
+    mid, tail = rest.split(marks[1])
+    peer = "".join(["{% raw %}", head, "{% endraw %}{{ instruction }}{% raw %}", mid, "{% endraw %}{{ response }}"
+                    "{% raw %}", tail, "{% endraw %}"])
     probe = {"p": "Explain tides {twice}.\nBriefly.", "r": "The moon pulls.\n\nScore: 9"}
-    ours = render("judge_pointwise.jinja", messages=[{"role": "user", "content": probe["p"]}], response=probe["r"])
+    ours = render("judge_pointwise.jinja", messages=[{"role": "user", "content": probe["p"]}], response=probe["r"],
+                  **fixed)
     if Template(peer).render(instruction=probe["p"], response=probe["r"]).strip() != ours:
         raise RuntimeError("the peers' judge template renders differently from prefmill's; fix judge_template()")
     return peer
@@ -86,7 +95,8 @@ def write_job(d: Path, n: int, *, url: str, model: str, concurrency: int, templa
     recipe = {"name": "vs-peers", "policy": endpoint,
               "prompts": {"seeds": {"path": str(d / "prompts.jsonl")}, "heldout_fraction": 0.0},
               "sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens},
-              "scoring": [{"kind": "judge", "backend": endpoint, "temperature": 0.0, "max_tokens": judge_tokens}],
+              "scoring": [{"kind": "judge", "backend": endpoint, "temperature": 0.0, "max_tokens": judge_tokens,
+                           "reading": "text"}],
               "pairs": {"strategy": "best_vs_worst", "dedup": "off"}, "rounds": {"count": 0},
               "report": {"out": str(d / "report")}}
     (d / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -123,15 +133,40 @@ def run_side(side: str, d: Path, run: Path, *, timeout_s: float) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     cmd, env = side_command(side, d, run)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    w0, t0 = time.time(), time.perf_counter()
     with (run / "log.txt").open("w") as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run, timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             rc = -1
     wall = time.perf_counter() - t0
+    phases = prefmill_phases(run / "log.txt", w0, w0 + wall) if side == "prefmill" and rc == 0 else {}
     return {"side": side, "wall_s": wall, "rc": rc, "pairs": count_pairs(side, run) if rc == 0 else 0,
-            "load1": load, "log": str(run / "log.txt")}
+            "load1": load, "log": str(run / "log.txt"), "phases": phases}
+
+
+def prefmill_phases(log: Path, t_start: float, t_end: float) -> dict[str, float]:
+    """Where a `prefmill run` spent its wall time, from its log's timestamps: start-up until the
+    Prefect API is up and the flow begins, each stage's own wall seconds, and the tail after the
+    last stage (report, flow end, API shutdown)."""
+    from datetime import datetime
+
+    stamps, stages = [], {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (.*)", line)
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        stamps.append((t, m.group(2)))
+        st = re.search(r"task_runs INFO (.+?) -> \S+: .*\"wall_s\": ([\d.]+)", m.group(2))
+        if st:
+            stages[st.group(1)] = stages.get(st.group(1), 0.0) + float(st.group(2))
+    flow = next((t for t, msg in stamps if "Beginning flow run" in msg), None)
+    last_stage = max((t for t, msg in stamps if "task_runs INFO" in msg and "wall_s" in msg), default=None)
+    if flow is None or last_stage is None:
+        return {}
+    return {"startup_s": flow - t_start, **{f"stage {k}": v for k, v in stages.items()},
+            "between_stages_s": last_stage - flow - sum(stages.values()), "tail_s": t_end - last_stage}
 
 
 def warm_up(url: str, model: str, template: str) -> None:
@@ -155,7 +190,8 @@ def summarize(rows: list[dict], model: str, n: int) -> dict:
         walls = [r["wall_s"] for r in ok]
         out["sides"][side] = {"runs": len(rs), "ok": len(ok), "median_s": statistics.median(walls) if walls else None,
                               "min_s": min(walls, default=None), "max_s": max(walls, default=None),
-                              "pairs": [r["pairs"] for r in rs], "load1": [round(r["load1"], 1) for r in rs]}
+                              "pairs": [r["pairs"] for r in rs], "load1": [round(r["load1"], 1) for r in rs],
+                              "walls": [round(r["wall_s"], 1) for r in rs], "phases": [r["phases"] for r in rs]}
     base = out["sides"].get("prefmill", {}).get("median_s")
     for side, s in out["sides"].items():
         s["ratio"] = s["median_s"] / base if base and s["median_s"] and side != "prefmill" else None
@@ -183,6 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=16, help="requests in flight per side (see the docs)")
     ap.add_argument("--profile", type=int, default=None, metavar="N", help="then profile prefmill at tiny N (py-spy)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the run order")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed run per side")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a run counts as failed")
     ap.add_argument("--work", default=None, help="work folder (default: a temp dir)")
     a = ap.parse_args(argv)
@@ -209,6 +246,12 @@ def main(argv: list[str] | None = None) -> None:
         sizes, repeats = plan[model]
         with VLLMServer(models[model](), name=model, log=work / f"server-{model}.log", kv_gib=MODELS[model][2]) as url:
             warm_up(url, model, template)
+            if a.warmup:      # one untimed run per side: Prefect's database, page cache, .pyc files
+                d = work / f"{model}-warmup"
+                write_job(d, 4, url=url, model=model, concurrency=a.concurrency, template=template)
+                for side in a.sides:
+                    r = run_side(side, d, d / side, timeout_s=a.timeout)
+                    print(f"{model} warm-up {side}: {r['wall_s']:.1f} s, rc {r['rc']}, {r['pairs']} pairs", flush=True)
             for n in sizes:
                 d = work / f"{model}-n{n}"
                 write_job(d, n, url=url, model=model, concurrency=a.concurrency, template=template)
@@ -221,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
                         rows.append(r)
                         print(f"{model} N={n} #{rep} {side}: {r['wall_s']:.1f} s, rc {r['rc']}, {r['pairs']} pairs, "
                               f"load {r['load1']:.1f}", flush=True)
+                        if r["phases"]:
+                            print("    prefmill: " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items()),
+                                  flush=True)
                 if rows:
                     blocks.append(summarize(rows, model, n))
                     print_block(blocks[-1])

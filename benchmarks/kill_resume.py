@@ -129,6 +129,7 @@ def worker(a: argparse.Namespace) -> None:
     sample_stage(store, backend, cfg, prompts=f"{PROMPTS}@0", output=OUTPUT, commit_every_s=1.0)
     phase.set("done")
     print(f"finished {time.time()}", flush=True)
+    os._exit(0)      # the stage is committed; skip the engine's slow interpreter-exit teardown
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,6 +274,11 @@ def kill_and_resume(work: Path, *, backend: str, kills: int, prompts: int = 24, 
         if proc.returncode != -signal.SIGKILL:
             raise RuntimeError(f"worker failed (exit {proc.returncode}):\n{err[-3000:]}")
         phase = (root / "phase").read_text().strip()
+        if phase == "done":                        # killed after the stage had completed: same as finishing
+            _check_final(root, ref, seen, res, greedy=backend == "hf")
+            log(f"{backend} episode {res.episodes}: completed")
+            root = None
+            continue
         if phase.endswith("commit:append") and _orphans(root) - before:
             phase = "commit:data-without-log"
         res.kills += 1

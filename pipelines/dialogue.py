@@ -32,7 +32,7 @@ from generators.backends.base import Backend, Sampling
 from generators.backends.factory import BackendConfig
 from pipelines import keys
 from pipelines.schemas import get_schema
-from pipelines.stage import StageRun
+from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.dialogue")
@@ -157,37 +157,55 @@ def _committed(store: Store, output: str) -> dict[str, str]:
     return {src.split(":")[1]: pid for pid, src in out.iter_rows()}
 
 
+class DialogueWork(WorkBase):
+    """The dialogue stage on the stage driver: one item per seed prompt (keyed by its dialogue
+    id); done = its dialogue row is committed or it was quarantined. Whole dialogues commit per
+    batch, so a crash loses at most the batch in flight and never leaves half a conversation."""
+
+    def __init__(self, store: Store, policy: Backend, user: Backend, cfg: DialogueConfig, *, prompts: TableRef,
+                 output: str):
+        for role, b in (("policy", policy), ("user", user)):
+            if not b.revision:
+                raise ValueError(f"{role} backend {b.model_id!r} has no revision; call load() before the dialogue stage")
+        self.store, self.policy, self.user, self.cfg, self.prompts, self.output = store, policy, user, cfg, prompts, output
+        self.models = {"policy": _model(policy), "user": _model(user)}
+        self.templates = dialogue.template_hashes(cfg.template, cfg.template_dir)
+        self.identity = Identity(stage="dialogue", output=output, kind="prompts", parents=(prompts,),
+                                 config=cfg.model_dump(mode="json", exclude={"batch_size"}), models=self.models,
+                                 templates=self.templates)
+        self.seeds: list[dict] = []
+        self.ids: list[str] = []
+        self.target: set[str] = set()
+
+    def prepare(self, run) -> None:
+        self.seeds = self.store.read(self.prompts).sort("prompt_id").to_dicts()
+        self.ids = dialogue_ids([s["prompt_id"] for s in self.seeds], self.cfg, self.models, self.templates)
+
+    def total_units(self) -> int:
+        return len(self.seeds)
+
+    def todo(self, done: set[str]) -> list[Item]:
+        have = {d: p for d, p in _committed(self.store, self.output).items() if d in set(self.ids)}
+        self.target = set(have.values())   # + rows made now (a row an earlier config already holds is kept)
+        done = done | set(have)
+        return [Item(d, s) for s, d in zip(self.seeds, self.ids) if d not in done]
+
+    def process(self, items: list[Item]) -> Batch:
+        rows, bad = process_batch(self.policy, self.user, self.cfg, [it.payload for it in items],
+                                  [it.key for it in items], taken=self.target)
+        self.target.update(rows.get_column("prompt_id").to_list())
+        return Batch(rows=rows, bad=bad, usage=Usage(calls=len(items) * (2 * self.cfg.turns - 1)))
+
+    def target_keys(self) -> list[str]:
+        return sorted(self.target)
+
+
 def dialogue_stage(store: Store, policy_backend: Backend, user_backend: Backend | None, cfg: DialogueConfig, *,
                    prompts: str | TableRef, output: str = "dialogues", progress: Progress | None = None) -> TableRef:
     """Grow every seed prompt into a dialogue (see the module docstring); returns the completed
     output version. Backends must be loaded (revisions enter the keys); user_backend None = policy."""
     user = user_backend if user_backend is not None else policy_backend
-    for role, b in (("policy", policy_backend), ("user", user)):
-        if not b.revision:
-            raise ValueError(f"{role} backend {b.model_id!r} has no revision; call load() before the dialogue stage")
-    pref = store.ref(prompts)
-    models = {"policy": _model(policy_backend), "user": _model(user)}
-    templates = dialogue.template_hashes(cfg.template, cfg.template_dir)
-    run = StageRun(store, stage="dialogue", output=output, kind="prompts", parents=[pref],
-                   config=cfg.model_dump(mode="json", exclude={"batch_size"}), models=models, templates=templates)
-    if run.reused:
-        return run.reused
-    seeds = store.read(pref).sort("prompt_id").to_dicts()
-    ids = dialogue_ids([s["prompt_id"] for s in seeds], cfg, models, templates)
-    wanted = set(ids)
-    have = {d: p for d, p in _committed(store, output).items() if d in wanted}
-    done = run.done_keys() | set(have)
-    todo = [(s, d) for s, d in zip(seeds, ids) if d not in done]
-    finished = len(seeds) - len(todo)
-    target = set(have.values())     # + rows made now (a row an earlier config already holds is kept as is)
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        rows, bad = process_batch(policy_backend, user, cfg, [s for s, _ in batch], [d for _, d in batch], taken=target)
-        run.write(rows)
-        run.quarantine(bad)
-        target.update(rows.get_column("prompt_id").to_list())
-        finished += len(batch)
-        if progress:
-            progress(finished, len(seeds))
-    log.info("dialogue: %d seeds, %d dialogues kept, drops %s", len(seeds), len(target), run.drops())
-    return run.finish(rows_in=len(seeds), target_keys=target)
+    work = DialogueWork(store, policy_backend, user, cfg, prompts=store.ref(prompts), output=output)
+    ref = drive(store, work, batch_size=cfg.batch_size, progress=progress)
+    log.info("dialogue: %d seeds, %d dialogues kept", len(work.seeds), len(work.target))
+    return ref

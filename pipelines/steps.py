@@ -37,7 +37,8 @@ from generators.step_labels import (JUDGE_TEMPLATE, continuation_support, contin
                                     judge_template_hash)
 from pipelines import keys
 from pipelines.schemas import get_schema
-from pipelines.stage import StageRun
+from pipelines.driver import Batch, Identity, Usage, WorkBase, drive
+from pipelines.driver import Item as DriverItem
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.steps")
@@ -230,32 +231,52 @@ def steps_stage(store: Store, backend: Backend | None, cfg: StepsConfig, *, samp
     models = {"labeller": {"id": backend.model_id, "revision": backend.revision}} if cfg.method != "rule" else {}
     templates = ({cfg.judge_template: judge_template_hash(cfg.judge_template, cfg.template_dir)}
                  if cfg.method == "judge" else {})
-    run = StageRun(store, stage="steps", output=output, kind="step_labels", parents=[s_ref, p_ref],
-                   config=cfg.model_dump(mode="json", exclude={"batch_size"}), models=models, templates=templates)
-    if run.reused:
-        return run.reused
-    samp = store.read(s_ref, columns=["sample_id", "prompt_id", "completion", "finish_reason", "is_reference"])
-    if not cfg.include_references:
-        samp = samp.filter(~pl.col("is_reference").fill_null(False))
-    frame = samp.join(store.read(p_ref, columns=["prompt_id", "messages", "reference"]), on="prompt_id", how="inner")
-    items = plan_items(frame.sort("sample_id"), cfg, labeller)
-    if items and all(not it.spans for it in items):
-        raise ValueError(f"step splitter mode={cfg.split.mode!r} found no steps in any of the {len(items)} answers of "
-                         f"{s_ref}; use mode 'lines', another pattern, or a separator that occurs in the answers")
-    if items and cfg.method == "monte_carlo" and all(it.reference is None for it in items):
-        raise ValueError(f"monte_carlo step labels need gold answers, but no prompt of {p_ref} has a reference; "
-                         "import seeds with reference_column set, or use method 'judge' or 'rule'")
-    done = run.done_keys()
-    todo = [it for it in items if it.key not in done]
-    finished = len(items) - len(todo)
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        seed = int(keys.content_hash("batch-seed", cfg.seed, batch[0].key)[:8], 16)
-        rows, bad = process_batch(backend, cfg, batch, labeller=labeller, seed=seed)
-        run.write(rows)
-        run.quarantine(bad)
-        finished += len(batch)
-        if progress:
-            progress(finished, len(items))
-    log.info("steps: %d samples, %d to label, %s", len(items), len(todo), labeller)
-    return run.finish(rows_in=len(items), target_keys=[it.key for it in items])
+    ident = Identity(stage="steps", output=output, kind="step_labels", parents=(s_ref, p_ref),
+                     config=cfg.model_dump(mode="json", exclude={"batch_size"}), models=models, templates=templates)
+    work = StepsWork(store, backend, cfg, ident, samples=s_ref, prompts=p_ref, labeller=labeller)
+    return drive(store, work, batch_size=cfg.batch_size, progress=progress)
+
+
+class StepsWork(WorkBase):
+    """The steps stage on the stage driver: one item per sample (keyed by its label id); a batch
+    of samples is labelled and committed together."""
+
+    def __init__(self, store: Store, backend: Backend | None, cfg: StepsConfig, identity: Identity, *,
+                 samples: TableRef, prompts: TableRef, labeller: str):
+        self.store, self.backend, self.cfg, self.identity = store, backend, cfg, identity
+        self.samples, self.prompts, self.labeller = samples, prompts, labeller
+        self.items: list = []
+
+    def prepare(self, run) -> None:
+        cfg, store = self.cfg, self.store
+        samp = store.read(self.samples, columns=["sample_id", "prompt_id", "completion", "finish_reason",
+                                                 "is_reference"])
+        if not cfg.include_references:
+            samp = samp.filter(~pl.col("is_reference").fill_null(False))
+        frame = samp.join(store.read(self.prompts, columns=["prompt_id", "messages", "reference"]), on="prompt_id",
+                          how="inner")
+        items = plan_items(frame.sort("sample_id"), cfg, self.labeller)
+        if items and all(not it.spans for it in items):
+            raise ValueError(f"step splitter mode={cfg.split.mode!r} found no steps in any of the {len(items)} answers "
+                             f"of {self.samples}; use mode 'lines', another pattern, or a separator that occurs in "
+                             "the answers")
+        if items and cfg.method == "monte_carlo" and all(it.reference is None for it in items):
+            raise ValueError(f"monte_carlo step labels need gold answers, but no prompt of {self.prompts} has a "
+                             "reference; import seeds with reference_column set, or use method 'judge' or 'rule'")
+        self.items = items
+
+    def total_units(self) -> int:
+        return len(self.items)
+
+    def target_keys(self) -> list[str]:
+        return [it.key for it in self.items]
+
+    def todo(self, done: set[str]) -> list[DriverItem]:
+        return [DriverItem(it.key, it) for it in self.items if it.key not in done]
+
+    def process(self, items: list[DriverItem]) -> Batch:
+        batch = [it.payload for it in items]
+        seed = int(keys.content_hash("batch-seed", self.cfg.seed, batch[0].key)[:8], 16)
+        rows, bad = process_batch(self.backend, self.cfg, batch, labeller=self.labeller, seed=seed)
+        calls = int(rows["calls"].sum()) if rows.height and "calls" in rows.columns else 0
+        return Batch(rows=rows, bad=bad, usage=Usage(calls=calls))

@@ -53,7 +53,7 @@ def test_soft_update_moves_reference_by_alpha(tiny_model_dir, tmp_path):
 
 
 def test_fixed_reference_stays(tiny_model_dir, tmp_path):
-    tr = _trainer(tiny_model_dir, tmp_path, ref_update="fixed")
+    tr = _trainer(tiny_model_dir, tmp_path, ref_update="fixed", precompute_ref_log_probs=False)
     ref0 = _params(tr.ref_model)
     tr.train()
     assert all(torch.equal(ref0[n], p) for n, p in _params(tr.ref_model).items())

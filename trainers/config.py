@@ -75,6 +75,11 @@ class TrainArgs(_Frozen):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision (bfloat16 = mixed precision).")
     lora: LoraOptions | None = Field(None, description="Train a LoRA adapter instead of all weights (None = full fine-tuning).")
     logging_steps: int = Field(1, ge=1, description="Log metrics every N steps (the registry keeps the last logged values).")
+    logprob_head: Literal["auto", "completion", "trl"] = Field(
+        "auto", description="Token log-prob head of the DPO family, KTO and RFT: 'completion' projects only the "
+                            "completion tokens through the vocabulary, in length groups (exact, much faster on CPU; "
+                            "holds the completion tokens' probabilities in memory), 'trl' keeps TRL's fused chunked "
+                            "head, 'auto' = completion without CUDA, trl with it. Reward models ignore it.")
 
     @model_validator(mode="after")
     def _steps(self):
@@ -114,8 +119,11 @@ class PreferenceConfig(TrainArgs):
                              "ref_sync_steps) or hard (copy the policy every ref_sync_steps). TRL's sync_ref_model.")
     ref_alpha: float = Field(0.6, gt=0, le=1, description="soft update weight alpha (hard update uses 1.0).")
     ref_sync_steps: int = Field(64, ge=1, description="Steps between reference updates (TR-DPO tau).")
-    precompute_ref_log_probs: bool = Field(
-        False, description="Compute reference log-probs once before training (frees the reference; fixed reference only).")
+    precompute_ref_log_probs: bool | None = Field(
+        None, description="Compute the reference log-probs once, before the first step, instead of a reference "
+                          "forward pass every step (the reference model is then freed). None = on whenever the "
+                          "reference is fixed (ref_update='fixed') and the loss has one; True with ref_update soft/hard "
+                          "is an error.")
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -134,12 +142,20 @@ class PreferenceConfig(TrainArgs):
                 raise ValueError(f"ref_update={self.ref_update!r} needs full fine-tuning (TRL 1.16 cannot sync a "
                                  "reference with a LoRA policy); set lora=None or ref_update='fixed'")
             if self.precompute_ref_log_probs:
-                raise ValueError("precompute_ref_log_probs=True assumes a fixed reference; set ref_update='fixed'")
+                raise ValueError("precompute_ref_log_probs=True assumes a fixed reference; set ref_update='fixed' "
+                                 "or precompute_ref_log_probs=None")
         return self
 
     @property
     def reference_free(self) -> bool:
         return self.loss in REFERENCE_FREE
+
+    @property
+    def precompute(self) -> bool:
+        """Whether reference log-probs are computed once before training (the resolved setting)."""
+        if self.precompute_ref_log_probs is not None:
+            return self.precompute_ref_log_probs and not self.reference_free
+        return self.ref_update == "fixed" and not self.reference_free
 
     @property
     def trainer_name(self) -> str:

@@ -16,7 +16,14 @@ from pipelines.store import Store
 from trainers.config import PreferenceConfig
 from trainers.dataset import DataArg, preference_dataset, read_tables
 from trainers.fit import fit_and_save, load_causal_lm, load_tokenizer
+from trainers.logps import CompletionHeadMixin, use_completion_head
 from trainers.registry import ModelRecord, register_training
+from trl import DPOConfig, DPOTrainer
+
+
+class PrefmillDPOTrainer(CompletionHeadMixin, DPOTrainer):
+    """TRL's DPOTrainer with the completion-only log-prob head (when asked) and no reference model
+    held once the reference log-probs are precomputed."""
 
 
 def _dpo_loss_args(cfg: PreferenceConfig) -> dict[str, Any]:
@@ -35,12 +42,20 @@ def _ref_sync_args(cfg: PreferenceConfig) -> dict[str, Any]:
     return dict(sync_ref_model=True, ref_model_mixup_alpha=alpha, ref_model_sync_steps=cfg.ref_sync_steps)
 
 
+def same_model(a: str | Path | None, b: str | Path | None) -> bool:
+    """Whether two model folders are the same folder (a reference equal to the policy needs no copy)."""
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
 def build_preference_trainer(*, policy: str | Path, dataset, config: PreferenceConfig, output_dir: str | Path,
                              reference: str | Path | None = None, callbacks: Sequence[Any] = ()):
     """A ready-to-train TRL trainer for a DPO-family loss (not kto) on a TRL-format dataset.
 
-    `reference` None = the policy's own initial weights (TRL's default); with LoRA and no
-    reference, TRL disables the adapter to get the reference, so no second copy is loaded."""
+    `reference` None (or the policy's own folder) = the policy's initial weights. With the
+    reference log-probs precomputed (config.precompute) they come from the policy before the
+    first step, so no second model is loaded; without precompute TRL loads a copy (or, with
+    LoRA, disables the adapter). On CPU the completion-only log-prob head replaces TRL's
+    (trainers/logps.py)."""
     if config.loss == "kto":
         raise ValueError("loss='kto' trains on unpaired rows; use trainers.kto.build_kto_trainer")
     if config.reference_free and reference is not None:
@@ -63,13 +78,13 @@ def build_preference_trainer(*, policy: str | Path, dataset, config: PreferenceC
         args = ORPOConfig(**common, beta=config.beta)
         return ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft,
                            callbacks=list(callbacks))
-    from trl import DPOConfig, DPOTrainer
-
-    args = DPOConfig(**common, beta=config.beta, precompute_ref_log_probs=config.precompute_ref_log_probs,
+    args = DPOConfig(**common, beta=config.beta, precompute_ref_log_probs=config.precompute,
                      **_dpo_loss_args(config), **_ref_sync_args(config))
-    ref_model = load_causal_lm(reference, dtype="float32") if reference is not None else None
-    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tok,
-                      peft_config=peft, callbacks=list(callbacks))
+    own = reference is None or (config.precompute and same_model(reference, policy))
+    ref_model = None if own else load_causal_lm(reference, dtype="float32")
+    return PrefmillDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                              processing_class=tok, peft_config=peft, callbacks=list(callbacks),
+                              completion_head=use_completion_head(config.logprob_head))
 
 
 def train_dpo(store: Store, *, data: DataArg, policy: str | Path, config: PreferenceConfig, output_dir: str | Path,

@@ -15,8 +15,15 @@ from typing import Any
 from pipelines.store import Store
 from trainers.config import PreferenceConfig
 from trainers.dataset import DataArg, read_tables, unpaired_dataset
+from trainers.dpo import same_model
 from trainers.fit import fit_and_save, load_causal_lm, load_tokenizer
+from trainers.logps import CompletionHeadMixin, use_completion_head
 from trainers.registry import ModelRecord, register_training
+from trl import KTOTrainer
+
+
+class PrefmillKTOTrainer(CompletionHeadMixin, KTOTrainer):
+    """TRL's KTOTrainer with the completion-only log-prob head (when asked); see trainers/logps.py."""
 
 
 def build_kto_trainer(*, policy: str | Path, dataset, config: PreferenceConfig, output_dir: str | Path,
@@ -24,7 +31,7 @@ def build_kto_trainer(*, policy: str | Path, dataset, config: PreferenceConfig, 
     """A ready-to-train TRL KTOTrainer (config.loss must be 'kto')."""
     if config.loss != "kto":
         raise ValueError(f"build_kto_trainer needs loss='kto', got {config.loss!r}; use trainers.dpo for pair losses")
-    from trl import KTOConfig, KTOTrainer
+    from trl import KTOConfig
 
     tok = load_tokenizer(policy)
     sync = ({} if config.ref_update == "fixed" else
@@ -32,10 +39,12 @@ def build_kto_trainer(*, policy: str | Path, dataset, config: PreferenceConfig, 
                  ref_model_mixup_alpha=1.0 if config.ref_update == "hard" else config.ref_alpha))
     args = KTOConfig(**config.trl_kwargs(str(output_dir)), beta=config.beta, desirable_weight=config.desirable_weight,
                      undesirable_weight=config.undesirable_weight,
-                     precompute_ref_log_probs=config.precompute_ref_log_probs, **sync)
-    return KTOTrainer(model=load_causal_lm(policy), ref_model=load_causal_lm(reference) if reference else None,
-                      args=args, train_dataset=dataset, processing_class=tok,
-                      peft_config=config.lora.to_peft("CAUSAL_LM") if config.lora else None, callbacks=list(callbacks))
+                     precompute_ref_log_probs=config.precompute, **sync)
+    own = reference is None or (config.precompute and same_model(reference, policy))
+    return PrefmillKTOTrainer(model=load_causal_lm(policy), ref_model=None if own else load_causal_lm(reference),
+                              args=args, train_dataset=dataset, processing_class=tok,
+                              peft_config=config.lora.to_peft("CAUSAL_LM") if config.lora else None,
+                              callbacks=list(callbacks), completion_head=use_completion_head(config.logprob_head))
 
 
 def train_kto(store: Store, *, data: DataArg, policy: str | Path, config: PreferenceConfig, output_dir: str | Path,

@@ -14,18 +14,25 @@ from pipelines.store import Store
 from trainers.config import RFTConfig
 from trainers.dataset import DataArg, TrainingDataError, completion_dataset, read_tables, top_scored
 from trainers.fit import fit_and_save, load_causal_lm, load_tokenizer
+from trainers.logps import CompletionHeadMixin, use_completion_head
 from trainers.registry import ModelRecord, register_training
+from trl import SFTTrainer
+
+
+class PrefmillSFTTrainer(CompletionHeadMixin, SFTTrainer):
+    """TRL's SFTTrainer with the completion-only log-prob head (when asked); see trainers/logps.py."""
 
 
 def build_sft_trainer(*, policy: str | Path, dataset, config: RFTConfig, output_dir: str | Path,
                       callbacks: Sequence[Any] = ()):
     """A ready-to-train TRL SFTTrainer on prompt-completion rows."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     tok = load_tokenizer(policy)
     args = SFTConfig(**config.trl_kwargs(str(output_dir)), completion_only_loss=True, packing=False)
-    return SFTTrainer(model=load_causal_lm(policy), args=args, train_dataset=dataset, processing_class=tok,
-                      peft_config=config.lora.to_peft("CAUSAL_LM") if config.lora else None, callbacks=list(callbacks))
+    return PrefmillSFTTrainer(model=load_causal_lm(policy), args=args, train_dataset=dataset, processing_class=tok,
+                              peft_config=config.lora.to_peft("CAUSAL_LM") if config.lora else None,
+                              callbacks=list(callbacks), completion_head=use_completion_head(config.logprob_head))
 
 
 def train_rft(store: Store, *, data: DataArg, policy: str | Path, config: RFTConfig, output_dir: str | Path,

@@ -5,9 +5,9 @@
 
 Gates that fail every constraint at once: `empty` (no letters or digits), `truncated`
 (finish_reason == "length"; None = unknown = not truncated), `echo` (the answer mostly repeats the
-prompt: fewer than 2 distinct words that are not in the prompt, or >= 60% of its word 3-grams copied from
-it), `off_topic` (relevance below `off_topic_below`, when a relevance score is given). Then per
-kind: the format check (reason = the kind name) and the substance check (reason = "kind:why",
+prompt: fewer than 2 distinct words that are not in the prompt, or >= 60% of its word 3-grams
+copied from it; skipped when `prompt` is ""), `off_topic` (relevance below `off_topic_below`,
+when a relevance score is given). Then per kind: the format check (reason = the kind name) and the substance check (reason = "kind:why",
 e.g. "json_format:json_not_object", "bullet_points:near_empty_item", "start_with:bare_phrase").
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from filters.constraints.core import describe, validate_constraint
 from filters.constraints.text import content_words
 
 # Calibrated on all-MiniLM-L6-v2 cosine (generators/relevance.py): see RELEVANCE_CALIBRATION there.
-OFF_TOPIC_BELOW = 0.15
+OFF_TOPIC_BELOW = 0.2
 ECHO_MIN_NEW_WORDS = 2
 ECHO_MAX_TRIGRAM_SHARE = 0.6
 GATES = ("empty", "truncated", "echo", "off_topic")

@@ -93,7 +93,8 @@ def write_job(d: Path, n: int, *, url: str, model: str, concurrency: int, templa
     (d / "job.json").write_text(json.dumps(job))
     endpoint = {"kind": "openai", "model": model, "base_url": url, "concurrency": concurrency, "timeout_s": 600}
     recipe = {"name": "vs-peers", "policy": endpoint,
-              "prompts": {"seeds": {"path": str(d / "prompts.jsonl")}, "heldout_fraction": 0.0},
+              "prompts": {"seeds": {"path": str(d / "prompts.jsonl")}, "heldout_fraction": 0.0,
+                          "dedup": {"near": False}},     # the peers dedup nothing: every side gets all N prompts
               "sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens},
               "scoring": [{"kind": "judge", "backend": endpoint, "temperature": 0.0, "max_tokens": judge_tokens,
                            "reading": "text"}],
@@ -152,17 +153,19 @@ def prefmill_phases(log: Path, t_start: float, t_end: float) -> dict[str, float]
     from datetime import datetime
 
     stamps, stages = [], {}
+    day = datetime.fromtimestamp(t_start).strftime("%Y-%m-%d")
     for line in log.read_text(errors="replace").splitlines():
-        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (.*)", line)
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d{3})|(\d\d:\d\d:\d\d[.,]\d{3})", line)
         if not m:
             continue
-        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        stamps.append((t, m.group(2)))
-        st = re.search(r"task_runs INFO (.+?) -> \S+: .*\"wall_s\": ([\d.]+)", m.group(2))
+        stamp = (m.group(1) or f"{day} {m.group(2)}").replace(",", ".")
+        t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        stamps.append((t, line))
+        st = re.search(r"- (\S[^-]*?) -> \S+: \{.*\"wall_s\": ([\d.]+)", line)
         if st:
             stages[st.group(1)] = stages.get(st.group(1), 0.0) + float(st.group(2))
     flow = next((t for t, msg in stamps if "Beginning flow run" in msg), None)
-    last_stage = max((t for t, msg in stamps if "task_runs INFO" in msg and "wall_s" in msg), default=None)
+    last_stage = max((t for t, msg in stamps if " -> " in msg and '"wall_s"' in msg), default=None)
     if flow is None or last_stage is None:
         return {}
     return {"startup_s": flow - t_start, **{f"stage {k}": v for k, v in stages.items()},

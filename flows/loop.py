@@ -50,8 +50,9 @@ class RunResult:
     eval_table: str = ""
 
     def of_kind(self, kind: str) -> list[str]:
-        return [self.results[s.id] for s in (self.plan.stages if self.plan else []) if s.kind == kind
-                and s.id in self.results]
+        """Results of the plan's stages of one runner kind, in plan order."""
+        specs = self.plan.stages if self.plan else []
+        return [self.results[s.id] for s in specs if s.id in self.results and kind == s.kind]
 
     @property
     def pairs(self) -> list[str]:
@@ -102,7 +103,16 @@ def run_spec(spec: StageSpec, ctx: RunContext) -> str:
     runner = task(name=spec.id, cache_policy=NONE, persist_result=False, retries=2 if retried else 0,
                   retry_delay_seconds=exponential_backoff(backoff_factor=5) if retried else 0,
                   retry_condition_fn=_is_transient if retried else None)(RUNNERS[spec.kind])
-    out = runner(ctx, spec)
+    scale = ctx.recipe.scale
+    if scale.shards_stage(spec.kind):
+        from dataclasses import replace
+
+        from flows.scale import run_stage_shards
+
+        run_stage_shards(ctx, spec, scale)
+        out = runner(replace(ctx, identity_only=True), spec)   # nothing left: the completion record
+    else:
+        out = runner(ctx, spec)
     ref = table_ref(out)
     if ref is not None:
         publish(ctx.store, ref, label=spec.id)
@@ -122,7 +132,7 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
         for spec in plan.stages:
             if (result.stopped or result.failed) and not spec.final:
                 continue
-            if result.failed and spec.kind == "export":
+            if result.failed and spec.needs_success:
                 continue
             try:
                 result.results[spec.id] = run_spec(spec, ctx)
@@ -131,7 +141,7 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
                 result.stopped = str(e)
             except NothingToTrain as e:
                 result.failed, result.ok = str(e), False
-            if spec.kind != "report" and spec.final is False and (result.stopped or result.failed):
+            if not spec.final and (result.stopped or result.failed):
                 close_pool(run_id)
     finally:
         close_pool(run_id)
@@ -193,6 +203,9 @@ def preflight(recipe: Recipe, root: str) -> None:
     for sc in recipe.scoring:
         for folder in sc.model_folders():
             check_model_folder(resolve_model(folder))
+    from flows.scale import check_cluster
+
+    check_cluster(recipe.scale)
 
 
 def run_recipe(recipe: Recipe, *, store: str | None, recipe_path: str = "", overrides: list[str] | None = None) -> RunResult:

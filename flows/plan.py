@@ -36,6 +36,7 @@ class StageSpec:
     note: str = ""
     writes_table: bool = True
     final: bool = False            # runs even after a clean stop (export, report)
+    needs_success: bool = False    # skipped when the run failed (an export of empty pairs)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def compile_plan(recipe: Recipe) -> Plan:
         last = max(recipe.rounds.count, 1)
         what = f"r{last}.steps" if recipe.export.table == "steps" else f"r{last}.pairs"
         out.append(StageSpec("export", "export", last, recipe.export.out, inputs={"table": what},
-                             note=f"{recipe.export.format}", writes_table=False, final=True))
+                             note=f"{recipe.export.format}", writes_table=False, final=True, needs_success=True))
     out.append(StageSpec("report", "report", max(recipe.rounds.count, 1), recipe.report.out, writes_table=False,
                          final=True))
     return Plan(recipe=recipe.name, stages=out)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Annotated
 
+from flows.scale import ScaleSection
 from generators.backends.factory import BackendConfig
 from generators.scorers.base import ScorerConfigBase
 from generators.scorers.config import ScorerConfig, config_classes
@@ -21,7 +22,7 @@ from pipelines.dialogue import DialogueConfig
 from pipelines.evals import EvalConfig
 from pipelines.pair_strategies import strategy
 from pipelines.pairs import PairsConfig
-from pipelines.prompts import PromptWriteConfig, RewriteConfig, TopicTreeConfig
+from pipelines.prompts import EvolveConfig, PromptWriteConfig, RefineConfig, TopicTreeConfig
 from pipelines.seeds import ConstraintConfig, PromptDedupConfig, SeedImportConfig
 from pipelines.sampling import SamplingStageConfig
 from pipelines.steps import StepsConfig
@@ -43,8 +44,8 @@ class PromptsSection(Strict):
     seeds: SeedImportConfig | None = Field(None, description="import prompts from JSONL / Parquet / a saved HF dataset")
     topics: TopicTreeConfig | None = Field(None, description="generate macro topics and subtopics (Nemotron-4 340B)")
     write: PromptWriteConfig = Field(default_factory=PromptWriteConfig, description="prompt writing per topic and task type (with topics)")
-    refine: RewriteConfig | None = Field(None, description="refinement pass that makes generated prompts more specific")
-    evolve: RewriteConfig | None = Field(None, description="Evol-Instruct pass (add constraints, deepen, concretize)")
+    refine: RefineConfig | None = Field(None, description="refinement pass that makes prompts more specific")
+    evolve: EvolveConfig | None = Field(None, description="Evol-Instruct pass (add constraints, deepen, concretize)")
     constraints: ConstraintConfig | None = Field(None, description="attach machine-checkable instruction constraints")
     dedup: PromptDedupConfig = Field(default_factory=PromptDedupConfig, description="exact + near-duplicate prompt removal")
     dialogue: DialogueConfig | None = Field(None, description="turn each prompt into a multi-turn dialogue (the "
@@ -65,10 +66,6 @@ class PromptsSection(Strict):
             for key in ("heldout_fraction", "validation_fraction"):
                 if sub is not None and key in sub.model_fields_set:
                     raise ValueError(f"set prompts.{key}, not prompts.{name}.{key} (one split for all prompt stages)")
-        if self.refine is not None and self.refine.kind != "refine":
-            raise ValueError("prompts.refine.kind must be 'refine' (use prompts.evolve for evolution)")
-        if self.evolve is not None and self.evolve.kind != "evolve":
-            raise ValueError("prompts.evolve.kind must be 'evolve'")
         if self.heldout_fraction + self.validation_fraction >= 1:
             raise ValueError(f"heldout_fraction + validation_fraction = {self.heldout_fraction + self.validation_fraction:g}"
                              " leaves no training prompts; keep their sum below 1")
@@ -84,6 +81,9 @@ class PromptsSection(Strict):
                                       "validation_fraction": self.validation_fraction})
 
 
+UNPAIRED_LOSSES = frozenset({"kto"})       # losses that train on unpaired (desirable / undesirable) rows
+
+
 class DPOTraining(PreferenceConfig):
     """Training section for the DPO family and KTO. What a trainer needs is asked of this class
     (`consumes`, `needs_reference`, `train`), never by comparing trainer names."""
@@ -92,7 +92,7 @@ class DPOTraining(PreferenceConfig):
 
     @property
     def consumes(self) -> str:
-        return "unpaired" if self.loss == "kto" else "pairs"
+        return "unpaired" if self.loss in UNPAIRED_LOSSES else "pairs"
 
     @property
     def needs_reference(self) -> bool:
@@ -210,6 +210,8 @@ class Recipe(Strict):
     rounds: RoundsSection = Field(default_factory=RoundsSection)
     eval: EvalSection = Field(default_factory=EvalSection, description="held-out evaluation after every round")
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    scale: ScaleSection = Field(default_factory=ScaleSection, description="where the model stages run: this "
+                                "process, or sharded over a Dask or Ray cluster (flows/scale.py)")
     export: ExportSection | None = Field(None, description="export the last round's pairs")
     report: ReportSection = Field(default_factory=ReportSection)
 
@@ -267,6 +269,12 @@ class Recipe(Strict):
             raise ValueError(f"policy.kind {self.policy.kind} cannot serve the model a round trains (the endpoint "
                              "keeps serving its own model, so later rounds would be mislabelled); use kind vllm, "
                              "transformers or vllm_server, or rounds.count: 0 for data only")
+        if self.rounds.count > 0 and self.prompts.heldout_fraction == 0:
+            raise ValueError("prompts.heldout_fraction is 0 but rounds train and evaluate: the test split would be "
+                             "empty; set prompts.heldout_fraction (e.g. 0.2) or rounds.count: 0")
+        if self.scale.endpoints and not self.policy.remote:
+            raise ValueError("scale.endpoints spread requests over OpenAI-compatible servers; set policy.kind: openai "
+                             "(or leave scale.endpoints out)")
         if self.export is not None and self.export.table == "steps" and self.steps is None:
             raise ValueError("export.table: steps needs a `steps:` section (step labels to export)")
         if len(judged) > 1:

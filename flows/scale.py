@@ -1,4 +1,18 @@
-"""Scale-out: shard a stage's rows across Dask workers through Prefect's DaskTaskRunner.
+"""Scale-out: shard the plan's model stages across workers of a Dask or Ray cluster through
+Prefect's task runners (prefect-dask, prefect-ray), from a recipe's `scale:` section.
+
+    scale: {engine: dask, workers: 2}                    # a LocalCluster of 2 processes
+    scale: {engine: ray, address: auto}                  # an existing Ray cluster (ray start --head)
+    scale: {engine: dask, address: tcp://sched:8786, shards: 8, endpoints: [http://gpu1:8000/v1, ...]}
+
+A sharded stage runs as n shard tasks: each worker builds its own engine, processes the items
+whose key hashes to its shard (pipelines/driver.py ShardScope) and commits its own atomic batches
+(StageRun.write skips committed keys under the table lock, so a retried or duplicated shard never
+writes a key twice); then the coordinator runs the stage once more, which finds nothing left and
+commits the completion record once. A shard that fails (a killed worker) is retried by the engine
+and by Prefect; whatever is still left after the shards is an error naming the stage.
+
+The lower-level API below shards any keyed stage function:
 
 A stage that processes keyed rows (prompts to sample, samples to score) runs as K shard tasks;
 each shard calls the stage function on its keys and commits its own atomic batches into the
@@ -17,13 +31,16 @@ docs/scaling.md says what was tested here and what was not.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from prefect import flow, task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.cli import UserError
 from pipelines.keys import content_hash
@@ -148,5 +165,174 @@ def run_sharded(stage: StageFn | str, *, store: Store, keys: Sequence[str], cfg:
     urls = assign_endpoints(cfg.n_shards, endpoints) if endpoints is not None else [None] * cfg.n_shards
     shard_params = [{**(params or {}), **({"base_url": u} if u else {})} for u in urls]
     runner = task_runner(cfg)
-    return sharded_stage.with_options(task_runner=runner)(ref, str(store.root.resolve()), shards, shard_params,
+    return sharded_stage.with_options(task_runner=runner)(ref, store.location, shards, shard_params,
                                                           retries=cfg.retries)
+
+
+
+# -- plan stages on a cluster -------------------------------------------------------------------
+SHARDABLE = ("sample", "score", "judge", "eval_responses", "steps", "dialogue")
+
+
+class ScaleSection(BaseModel):
+    """Where the model stages run: in this process, or sharded over a Dask or Ray cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Literal["local", "dask", "ray"] = Field("local", description="local: in this process; dask / ray: "
+                                                    "shard the model stages over a cluster through Prefect's task runners")
+    address: str | None = Field(None, description="existing cluster: a Dask scheduler (tcp://host:8786) or a Ray "
+                                "address (auto, or ray://host:10001); None = start a local cluster of `workers`")
+    workers: int = Field(2, ge=1, description="worker processes of a local cluster (ignored with address)")
+    shards: int | None = Field(None, ge=1, description="shard tasks per stage (default: workers); more shards than "
+                               "workers evens out slow shards")
+    stages: tuple[str, ...] = Field(SHARDABLE, description="which stage kinds shard: " + ", ".join(SHARDABLE))
+    endpoints: tuple[str, ...] = Field((), description="several OpenAI-compatible endpoints serving the policy: "
+                                       "shard i sends its requests to endpoints[i % len]")
+    retries: int = Field(2, ge=0, description="retries of a failed shard task (committed batches are kept)")
+    threads_per_worker: int = Field(1, ge=1, description="dask local cluster: threads per worker process")
+
+    @model_validator(mode="after")
+    def _check(self):
+        bad = [s for s in self.stages if s not in SHARDABLE]
+        if bad:
+            raise ValueError(f"scale.stages: {bad[0]!r} cannot be sharded; choose from {', '.join(SHARDABLE)}")
+        if self.engine == "dask" and self.address and not self.address.startswith(("tcp://", "tls://", "inproc://",
+                                                                                     "ws://", "wss://")):
+            raise ValueError(f"scale.address {self.address!r} is not a Dask scheduler address; write tcp://host:8786")
+        if self.engine == "ray" and self.address and not (self.address == "auto"
+                                                          or self.address.startswith(("ray://", "127.", "localhost"))
+                                                          or ":" in self.address):
+            raise ValueError(f"scale.address {self.address!r} is not a Ray address; write auto or ray://host:10001")
+        if self.engine == "local" and (self.address or self.endpoints):
+            raise ValueError("scale.address / scale.endpoints need engine: dask or ray")
+        for u in self.endpoints:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"scale.endpoints: {u!r} is not an http(s) URL; write e.g. http://gpu1:8000/v1")
+        return self
+
+    @property
+    def n_shards(self) -> int:
+        return self.shards or self.workers
+
+    def shards_stage(self, kind: str) -> bool:
+        return self.engine != "local" and kind in self.stages
+
+
+def check_cluster(cfg: ScaleSection) -> None:
+    """Before anything is written: the engine's packages are installed and an address answers."""
+    if cfg.engine == "local":
+        return
+    if cfg.engine == "dask":
+        try:
+            import prefect_dask  # noqa: F401
+        except ImportError as e:
+            raise UserError(f"scale.engine dask needs prefect-dask ({e}); pip install 'prefmill[scale]'") from None
+        if cfg.address:
+            from distributed import Client
+
+            try:
+                Client(cfg.address, timeout=10).close()
+            except (OSError, TimeoutError) as e:
+                raise UserError(f"cannot reach the Dask scheduler at {cfg.address} ({type(e).__name__}); start it "
+                                "(dask scheduler) or fix scale.address") from None
+        return
+    try:
+        import prefect_ray  # noqa: F401
+        import ray
+    except ImportError as e:
+        raise UserError(f"scale.engine ray needs ray and prefect-ray ({e}); pip install 'prefmill[scale]'") from None
+    if cfg.address:
+        try:
+            ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=False)
+            ray.shutdown()
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot reach the Ray cluster at {cfg.address} ({str(e).splitlines()[0][:120]}); start it "
+                            "(ray start --head) or fix scale.address") from None
+
+
+def plan_runner(cfg: ScaleSection, *, api_url: str | None = None):
+    """The Prefect task runner that spreads shard tasks over the cluster."""
+    if cfg.engine == "dask":
+        return task_runner(ScaleConfig(n_shards=cfg.n_shards, address=cfg.address, n_workers=cfg.workers,
+                                       threads_per_worker=cfg.threads_per_worker, retries=cfg.retries))
+    from prefect_ray import RayTaskRunner
+
+    if cfg.address:
+        return RayTaskRunner(address=cfg.address)
+    env = {"runtime_env": {"env_vars": {"PREFECT_API_URL": api_url}}} if api_url else {}
+    return RayTaskRunner(init_kwargs={"num_cpus": cfg.workers, "include_dashboard": False, "log_to_driver": False,
+                                      **env})
+
+
+def _where() -> str:
+    try:
+        return _worker_address()
+    except ImportError:
+        import os
+        import socket
+
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@task(name="prefmill-stage-shard", retry_delay_seconds=[2, 10, 30], cache_policy=NONE, persist_result=False)
+def stage_shard(ctx, spec, i: int, n: int, endpoint: str | None) -> dict[str, Any]:
+    """One shard of a plan stage, in a worker: its own engine (pool), the items of shard i of n,
+    no completion record."""
+    from flows.engines import close_pool
+    from flows.stage_tasks import RUNNERS
+    from pipelines.driver import shard_scope
+
+    run_id = f"{ctx.run_id}-shard{i}-{spec.id}"
+    recipe = ctx.recipe
+    if endpoint:
+        recipe = recipe.model_copy(update={"policy": recipe.policy.model_copy(update={"base_url": endpoint})})
+    local = replace(ctx, run_id=run_id, recipe=recipe, identity_only=False)
+    try:
+        with shard_scope((i, n), finish=False):
+            RUNNERS[spec.kind](local, spec)
+    finally:
+        close_pool(run_id)
+    return {"shard": i, "stage": spec.id, "worker": _where()}
+
+
+@flow(name="prefmill-sharded-plan-stage")
+def sharded_plan_stage(ctx, spec, n: int, endpoints: list[str], retries: int) -> list[dict[str, Any]]:
+    shard = stage_shard.with_options(retries=retries)
+    futures = [shard.with_options(name=f"{spec.id}[{i}/{n}]").submit(ctx, spec, i, n,
+                                                                       endpoints[i % len(endpoints)] if endpoints else None)
+               for i in range(n)]
+    out = [f.result() for f in futures]
+    for r in out:
+        log.info("%s shard %d done on %s", spec.id, r["shard"], r["worker"])
+    return out
+
+
+@contextlib.contextmanager
+def _workers_see_this_api() -> Iterator[str]:
+    """Worker processes report their task runs to the Prefect API this run uses. Without
+    PREFECT_API_URL, that is the run's temporary local server: its URL is put in the environment
+    the local cluster's workers start with (and taken out again after). Workers of an existing
+    cluster need PREFECT_API_URL set to a server themselves (docs/scaling.md)."""
+    import os
+
+    from prefect.client.orchestration import get_client
+
+    url = str(get_client(sync_client=True).api_url)
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield url
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+
+
+def run_stage_shards(ctx, spec, cfg: ScaleSection) -> list[dict[str, Any]]:
+    """Run a plan stage's shards on the cluster (see the module docstring)."""
+    with _workers_see_this_api() as api:
+        runner = plan_runner(cfg, api_url=api)
+        return sharded_plan_stage.with_options(task_runner=runner, name=f"prefmill-{spec.id}-shards")(
+            ctx, spec, cfg.n_shards, list(cfg.endpoints), cfg.retries)

@@ -24,6 +24,29 @@ class NothingToTrain(RuntimeError):
     """A round's pairs table is empty: the run stops and fails, naming the drops by reason."""
 
 
+class IdentityBackend:
+    """A model's id and revision without its engine: the coordinator's pass after a sharded
+    stage needs the stage's identity (its keys and fingerprint), not generations."""
+
+    def __init__(self, cfg: BackendConfig):
+        from generators.models.registry import model_revision
+
+        self.model_id, self.revision = cfg.model, model_revision(cfg.model_folder())
+        self.path = cfg.model_folder()
+
+    def load(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def generate(self, conversations, sampling):
+        from generators.backends.base import BackendError
+
+        raise BackendError(f"items of this stage were left unprocessed by its shards ({len(conversations)} "
+                           "requests); a shard failed past its retries: see the shard tasks' logs and rerun")
+
+
 @dataclass
 class RunContext:
     recipe: Recipe
@@ -32,6 +55,7 @@ class RunContext:
     budget: Budget
     initial: str                                  # the initial policy: a model folder, or a served name
     results: dict[str, str] = field(default_factory=dict)   # spec id -> table@version or model folder
+    identity_only: bool = False   # the coordinator's pass after a stage's shards: engines are not loaded
 
     @property
     def store(self) -> Store:
@@ -51,6 +75,8 @@ class RunContext:
         return self.recipe.policy.for_model(path) if path != self.initial else self.recipe.policy
 
     def backend(self, cfg: BackendConfig) -> Backend:
+        if self.identity_only and cfg.local_model_folder:
+            return IdentityBackend(cfg)
         return pool_for(self.run_id).get(cfg)
 
     def policy_backend(self, spec: StageSpec) -> Backend:

@@ -18,6 +18,8 @@ record once.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -146,6 +148,32 @@ class WorkBase:
         return None
 
 
+@dataclass(frozen=True)
+class ShardScope:
+    """Which part of every stage this process runs (flows/scale.py sets it around a shard task):
+    `shard=(i, n)` processes only the items whose key hashes to i; `finish=False` leaves the
+    completion record to the coordinator."""
+
+    shard: tuple[int, int] | None = None
+    finish: bool = True
+
+
+_SCOPE: contextvars.ContextVar[ShardScope] = contextvars.ContextVar("prefmill_shard_scope", default=ShardScope())
+
+
+@contextlib.contextmanager
+def shard_scope(shard: tuple[int, int] | None, *, finish: bool) -> Iterator[None]:
+    """Run the stages called inside as one shard of n (see ShardScope); explicit and scoped to
+    the `with` block, so a stage function's signature does not change when it is sharded."""
+    if shard is not None and not (0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard {shard}: use (i, n) with 0 <= i < n")
+    token = _SCOPE.set(ShardScope(shard, finish))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
     """Deterministic assignment of a key to one of n shards."""
     if shard is None:
@@ -215,6 +243,9 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
     Returns the completed version (None for a shard run with finish=False)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a value >= 1")
+    scope = _SCOPE.get()
+    if shard is None and scope.shard is not None:
+        shard, finish = scope.shard, finish and scope.finish
     ident = work.identity
     run = open_run(store, ident)
     if run.reused:

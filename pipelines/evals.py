@@ -79,10 +79,8 @@ def eval_responses_stage(store: Store, backend: Backend, config: EvalConfig, *, 
     cfg = SamplingStageConfig(n=1, temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens,
                               seed=config.seed, split=config.split)
     work = SampleWork(store, backend, cfg, prompts=pref, output=output, only=ids)
-    ref = drive(store, work, batch_size=cfg.batch_size, progress=progress,
-                stream=callable(getattr(backend, "stream", None)))
-    assert ref is not None
-    return ref
+    return drive(store, work, batch_size=cfg.batch_size, progress=progress,
+                 stream=callable(getattr(backend, "stream", None)))
 
 
 def _answers(store: Store, responses: TableRef, prompts: pl.DataFrame) -> pl.DataFrame:

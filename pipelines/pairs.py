@@ -67,7 +67,10 @@ class PairsConfig(BaseModel):
     decontam_against: str | None = Field(None, description="prompts table (NAME[@VERSION]) of an evaluation set; "
                                          "samples of prompts sharing a word n-gram with it are dropped")
     decontam_ngram: int = Field(13, ge=1, description="decontamination n-gram length in words")
-    drop_judge_ties: bool = Field(True, description="sppo_winrate with judgments: drop tied verdicts")
+    drop_judge_ties: bool = Field(True, description="with judgments: drop tied verdicts")
+    judge_agreement: bool = Field(True, description="with a pairwise scorer and a score-based strategy: drop pairs "
+                                  "the judge flips on with the order (position_swap_flip), calls a tie, or "
+                                  "consistently decides the other way (judge_disagreement)")
     kto_mode: Literal["threshold", "fraction"] = Field("fraction", description="kto_unpaired labelling rule")
     kto_fraction: float = Field(0.25, gt=0, le=0.5, description="kto fraction mode: top/bottom share labelled")
     kto_desirable_above: float | None = Field(None, description="kto threshold mode: desirable iff score >= this")
@@ -159,6 +162,7 @@ class PairsWork(WorkBase):
                                          "scorer_ids": ids(self.primary) if self.primary else [],
                                          "agreement_ids": ids(self.agreement) if self.agreement else []})
         self.rows = pl.DataFrame()
+        self.judge_all: pl.DataFrame | None = None       # every judgment, flips marked (judge agreement)
         self.n_samples = 0
         self.key = ""
 
@@ -201,6 +205,7 @@ def _compute(w: PairsWork, run: StageRun) -> pl.DataFrame:
     judged = None
     if w.judgments is not None:
         j = position_swap_filter(store.scan(w.judgments), drop_ties=cfg.drop_judge_ties).collect()
+        w.judge_all = j
         j_kept, j_dropped = (f.collect() for f in drops.split(j.lazy()))
         run.quarantine(drops_frame(j_dropped, key="judgment_id"))
         judged = j_kept.lazy()
@@ -278,6 +283,10 @@ def _pairs(w: PairsWork, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.Data
         lf = agreement_filter(lf, strict_ties=cfg.agreement_strict_ties)
         lf = lf.with_columns(pl.when(no_pair).then(pl.lit("no_valid_pair")).otherwise(pl.col(drops.DROP))
                              .alias(drops.DROP))
+    if judged is not None and w.judge_all is not None and cfg.judge_agreement and not spec.accepts_judgments:
+        from filters.judge_agreement import judge_agreement_filter
+
+        lf = judge_agreement_filter(lf, w.judge_all.lazy(), drop_ties=cfg.drop_judge_ties).drop("judge_verdict")
     if w.reviews is not None:     # people's decisions, before pair ids are hashed: a swap gets its new id
         from filters.reviews import ReviewPolicy, apply_reviews
 

@@ -101,6 +101,14 @@ class RewriteConfig(GenConfig):
     keep_original: bool = Field(False, description="also copy the input prompts to the output")
 
 
+class RefineConfig(RewriteConfig):
+    kind: Literal["refine"] = Field("refine", description="refine: make prompts more specific")
+
+
+class EvolveConfig(RewriteConfig):
+    kind: Literal["evolve"] = Field("evolve", description="evolve: Evol-Instruct add_constraints/deepen/concretize")
+
+
 def _stage_config(cfg: BaseModel) -> dict:
     return cfg.model_dump(mode="json", exclude={"batch_size"})
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters import instructions
 from filters.dedup import dedup
@@ -164,9 +164,36 @@ class ConstraintConfig(BaseModel):
     fraction: float = Field(1.0, ge=0, le=1, description="share of prompts that get constraints (by prompt hash)")
     k_min: int = Field(1, ge=1, description="fewest constraints per chosen prompt")
     k_max: int = Field(2, ge=1, description="most constraints per chosen prompt")
-    kinds: tuple[str, ...] | None = Field(None, description="constraint kinds to draw from; None = all of "
-                                          "filters.instructions.KINDS")
+    kinds: tuple[str, ...] | None = Field(None, description="TRAIN kinds to draw from; None = every train kind "
+                                          "(filters.instructions.kinds_in('train')). Validation / test prompts draw "
+                                          "these in held-out phrasings and values, plus their split's unseen kinds")
     seed: int = Field(0, description="seed of the per-prompt draws")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min={self.k_min} > k_max={self.k_max}; use k_min <= k_max")
+        if self.kinds is not None:
+            if not self.kinds:
+                raise ValueError("kinds is empty; name at least one constraint kind or leave kinds out")
+            # unknown kinds and kinds held out of training: one-line errors at recipe load
+            instructions.sample_constraints(random.Random(0), 1, kinds=self.kinds, split="train")
+            if self.k_min > 1 and _largest_compatible(self.kinds) < self.k_min:
+                raise ValueError(f"kinds {list(self.kinds)} conflict: no {self.k_min} of them can be asked together; "
+                                 "lower k_min or add compatible kinds")
+        return self
+
+
+def _largest_compatible(kinds: tuple[str, ...]) -> int:
+    """Size of the largest set of mutually compatible kinds (exhaustive for small sets)."""
+    from itertools import combinations
+
+    kinds = tuple(dict.fromkeys(kinds))
+    for size in range(min(len(kinds), 4), 0, -1):
+        if any(all(instructions.compatible(a, b) for a, b in combinations(group, 2))
+               for group in combinations(kinds, size)):
+            return size
+    return 0
 
 
 def constrain(row: dict, cfg: ConstraintConfig) -> dict:
@@ -178,7 +205,14 @@ def constrain(row: dict, cfg: ConstraintConfig) -> dict:
     rng = random.Random(keys.content_hash("constraints", cfg.seed, row["prompt_id"]))
     if rng.random() >= cfg.fraction:
         return row
-    cons = instructions.sample_constraints(rng, rng.randint(cfg.k_min, max(cfg.k_min, cfg.k_max)), kinds=cfg.kinds)
+    # the prompt's split picks the constraint split: heldout prompts get the test split (unseen kinds,
+    # phrasings and parameter values), validation prompts the validation split, train prompts train
+    split = {"heldout": "test", "validation": "validation"}.get(row.get("split") or "train", "train")
+    pool = cfg.kinds
+    if pool is not None and split != "train":
+        pool = (*pool, *(k for k in instructions.kinds_in(split) if instructions.CATALOGUE[k].role == split))
+    cons = instructions.sample_constraints(rng, rng.randint(cfg.k_min, max(cfg.k_min, cfg.k_max)), kinds=pool,
+                                           split=split, request=row["messages"][-1]["content"].strip())
     if not cons:
         return row
     msgs = [dict(m) for m in row["messages"]]
@@ -191,10 +225,8 @@ def constrain(row: dict, cfg: ConstraintConfig) -> dict:
 def constraints_stage(store: Store, cfg: ConstraintConfig, *, prompts: str | TableRef = "seed_prompts",
                       output: str = "if_prompts") -> TableRef:
     pref = store.ref(prompts)
-    if cfg.kinds is not None:
-        for k in cfg.kinds:
-            if k not in instructions.KINDS:
-                raise ValueError(f"unknown constraint kind {k!r}; expected one of {', '.join(instructions.KINDS)}")
+    if cfg.kinds is not None:     # one-line error before any write: unknown kind, or a kind held out of training
+        instructions.sample_constraints(random.Random(0), 1, kinds=cfg.kinds, split="train")
 
     def compute(run) -> tuple[pl.DataFrame, int]:
         src = store.read(pref)

@@ -48,7 +48,7 @@ class LoraOptions(_Frozen):
         "all-linear", description="Modules that get adapters: 'all-linear' (every linear layer but the LM head) or names.")
     merge: bool = Field(True, description="Merge the adapter into the base weights when saving (False: save the adapter only).")
 
-    def to_peft(self, task_type: Literal["CAUSAL_LM", "SEQ_CLS"]):
+    def to_peft(self, task_type: Literal["CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS"]):
         from peft import LoraConfig
 
         targets: Any = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
@@ -176,3 +176,17 @@ class RewardModelConfig(TrainArgs):
     learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
     center_rewards_coefficient: float | None = Field(
         None, ge=0, description="Weight of the loss that keeps rewards centred on zero (None = off).")
+
+
+class PRMConfig(TrainArgs):
+    """Process reward model: token classification on step labels (TRL's stepwise-supervision format;
+    the layout is in trainers/prm.py)."""
+
+    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
+    step_separator: str = Field("\n", min_length=1, description="Text appended to every step; the label sits on the "
+                                                                "last token of step + separator (the scorer must use "
+                                                                "the same).")
+    train_on_last_step_only: bool = Field(False, description="Label only the last step (outcome supervision); "
+                                                             "the other steps get no loss.")
+    max_completion_length: int | None = Field(None, ge=1, description="Cap on the tokens of all steps together "
+                                                                      "(the start is kept); None = no cap.")

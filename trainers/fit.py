@@ -45,8 +45,10 @@ def load_causal_lm(path: str | Path, *, dtype: str = "float32"):
 
 
 def collect_metrics(log_history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Last logged value of each training metric plus the run summary (runtime, steps, mean loss)."""
-    out: dict[str, Any] = {}
+    """Last logged value of each training metric, the run summary (runtime, steps, mean loss) and
+    the loss curve: [[step, loss], ...] of every logged step (all ranks averaged under DDP)."""
+    out: dict[str, Any] = {"loss_curve": [[int(e["step"]), float(e["loss"])] for e in log_history
+                                          if "loss" in e and "step" in e]}
     for entry in log_history:
         for k, v in entry.items():
             if k in _METRIC_KEYS or k.startswith(("rewards/", "logps/")):
@@ -55,14 +57,31 @@ def collect_metrics(log_history: list[dict[str, Any]]) -> dict[str, Any]:
                 out[k] = float(v)
             elif k == "step":
                 out["steps"] = int(v)
+            elif k == "epoch":
+                out["epochs"] = float(v)      # passes over the data (all processes' batches together)
     return out
 
 
+def check_same_output_dir(accelerator, out: Path) -> None:
+    """Every process must write to one folder; a one-line error (on every rank) if they differ."""
+    from accelerate.utils import gather_object
+
+    if accelerator.num_processes > 1:
+        seen = sorted(set(gather_object([str(out.resolve())])))
+        if len(seen) > 1:
+            raise ValueError(f"the {accelerator.num_processes} processes disagree on the output folder "
+                             f"({', '.join(seen)}); pass one --out folder that every process sees")
+
+
 def fit_and_save(trainer, *, tokenizer, output_dir: str | Path, lora: LoraOptions | None) -> dict[str, Any]:
-    """Train, save the model folder and tokenizer, return the metrics."""
+    """Train (every process), save the model folder and tokenizer (the main process only, the
+    others wait), return the metrics."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / COMPLETE_MARK).unlink(missing_ok=True)
+    acc = trainer.accelerator
+    check_same_output_dir(acc, out)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / COMPLETE_MARK).unlink(missing_ok=True)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)      # metrics go to logging and the registry, not stdout
@@ -70,14 +89,17 @@ def fit_and_save(trainer, *, tokenizer, output_dir: str | Path, lora: LoraOption
     trainer.train()
     metrics = collect_metrics(trainer.state.log_history)
     metrics["wall_s"] = time.perf_counter() - t0
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if lora is not None and lora.merge:
-        model = model.merge_and_unload()
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        gen.save_pretrained(str(out))
-    (out / COMPLETE_MARK).write_text(json.dumps(metrics, sort_keys=True))
-    log.info("saved %s (%s)", out, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        model = acc.unwrap_model(trainer.model)
+        if lora is not None and lora.merge:
+            model = model.merge_and_unload()
+        model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(str(out))
+        (out / COMPLETE_MARK).write_text(json.dumps(metrics, sort_keys=True))
+        log.info("saved %s (%s)", out, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    acc.wait_for_everyone()
     return metrics

@@ -8,8 +8,10 @@ projection in the backward pass. On the demo's CPU that was about half of a DPO 
 keeps TRL's calling convention (`model(..., labels=labels, fused_lm_head=True)` returns a
 `FusedCausalLMOutput` whose per-token fields are zero where the label is -100) but:
 
-- projects only the labelled (completion) positions: one `[n, H] x [H, V]` product forward, two
-  backward (TRL: the same product over all positions, plus a recompute in the backward);
+- runs the backbone without paying for padding or for a prompt twice (length groups and shared
+  prompts, trainers/packing.py) and keeps the hidden states of the labelled positions only;
+- projects only those positions: one `[n, H] x [H, V]` product forward, two backward (TRL: the
+  same product over all positions, plus a recompute in the backward);
 - computes the metric-only fields (entropy, mean logit, top-1) from the same logits without
   gradient, and skips them for the reference (TRL asks the reference for log-probs only).
 
@@ -18,14 +20,15 @@ its gradients). It materialises the `[n, V]` probabilities of the labelled posit
 what makes it fast on a CPU; on a GPU TRL's Triton kernel already skips unlabelled positions
 without that memory, so `use_completion_head` is only the default without CUDA.
 
-    from trainers.logps import patch_trainer
-    trainer = DPOTrainer(...)
-    patch_trainer(trainer)      # before trainer.train()
+    class MyDPOTrainer(CompletionHeadMixin, DPOTrainer): ...
+    trainer = MyDPOTrainer(..., completion_head=use_completion_head(cfg.logprob_head))
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import types
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +36,6 @@ import torch
 from trainers.packing import labelled_hidden
 
 log = logging.getLogger("prefmill.trainers")
-METRIC_FIELDS = ("entropy", "mean_logits", "is_top1")
 _SCALING_ATTRS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                   "logits_scaling")
 
@@ -45,7 +47,8 @@ class CompletionLogProbs(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                 metrics: bool, grad_enabled: bool):
         ctx.set_materialize_grads(False)
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         logits = torch.mm(hidden.to(dtype), weight.to(dtype).t()).float()
         if bias is not None:
             logits += bias.float()
@@ -156,7 +159,12 @@ class CompletionHeadMixin:
     """Put before a TRL trainer class (DPOTrainer, KTOTrainer, SFTTrainer): `completion_head=True`
     patches the completion head in before TRL's reference precompute (which runs inside
     `__init__`) and after construction; once the reference log-probs are stored in the dataset the
-    reference model is dropped, so training holds one model."""
+    reference model is dropped, so training holds one model.
+
+    Several processes: TRL 1.16 caches the precomputed log-probs in an Arrow file next to the
+    dataset's own files, which an in-memory dataset lacks (each process would pick its own random
+    temp file). The dataset is first saved once under the output folder
+    (`.prefmill-precompute/`, removed when training ends) so that every process reads one file."""
 
     def __init__(self, *args: Any, completion_head: bool = False, **kwargs: Any) -> None:
         self._completion_head = completion_head
@@ -169,4 +177,24 @@ class CompletionHeadMixin:
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
         if self._completion_head:
             patch_trainer(self)
+        acc = self.accelerator  # type: ignore[attr-defined]
+        if acc.num_processes > 1 and not dataset.cache_files:
+            from datasets import load_from_disk
+
+            folder = self._precompute_dir() / name
+            if acc.is_main_process:
+                shutil.rmtree(folder, ignore_errors=True)
+                dataset.save_to_disk(str(folder))
+            acc.wait_for_everyone()
+            dataset = load_from_disk(str(folder))
         return super()._precompute_ref_logps(dataset, name, batch_size)  # type: ignore[misc]
+
+    def _precompute_dir(self) -> Path:
+        return Path(self.args.output_dir) / ".prefmill-precompute"  # type: ignore[attr-defined]
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if self.accelerator.is_main_process:  # type: ignore[attr-defined]
+                shutil.rmtree(self._precompute_dir(), ignore_errors=True)

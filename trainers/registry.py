@@ -8,12 +8,15 @@
 refs); when the same run (same data versions, config, policy, reference, output folder) already
 completed and its folder still exists, it returns that record without training. Otherwise it
 calls `fit()` (which trains and saves the folder and returns metrics), appends the model row and
-writes the completion record last.
+writes the completion record last. Under `accelerate launch` every process calls `fit()` (the
+training is collective) and gets the record back, but only the main process (RANK 0) writes the
+row and the completion record, so a run registers one model however many processes train it.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,10 +91,17 @@ def register_training(store: Store, *, trainer: str, data: Sequence[TableRef], p
     rec = ModelRecord(model_id=model_id, name=name, path=str(output_dir), base_model=str(policy),
                       reference_model=str(reference) if reference else None,
                       dataset="+".join(str(r) for r in data), trainer=trainer, config=cfg, metrics=metrics, round=round)
+    if not is_main_rank():
+        return rec
     run.write(pl.DataFrame([rec.row()], schema=empty("models").schema))
     ref = run.finish(rows_in=1)
     log.info("train: registered %s (%s) as %s", name, output_dir, ref)
     return rec
+
+
+def is_main_rank() -> bool:
+    """True in a single process and in the global rank-0 process of `accelerate launch` / torchrun."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def list_models(store: Store, *, table: str = MODELS_TABLE) -> pl.DataFrame:

@@ -2,8 +2,9 @@
 
 Exact: texts equal after normalisation (lowercase, punctuation stripped, whitespace collapsed)
 are duplicates of the first such row -> exact_duplicate_of:<key>.
-Near: MinHash over word n-gram shingles with LSH banding (filters/minhash.py), candidates
-verified by signature agreement >= threshold -> near_duplicate_of:<key of the earlier row>.
+Near: MinHash over word n-gram shingles with LSH banding (filters/minhash.py); candidates are
+verified by their exact shingle-set Jaccard >= threshold (exact_verify, default) or by signature
+agreement -> near_duplicate_of:<key of the earlier row>.
 
 "First" is frame order: sort the frame first (e.g. by score, descending) to keep the best copy.
 `by` restricts duplicates to rows sharing those columns (e.g. by=("prompt_id",) to dedup
@@ -19,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from filters import drops
-from filters.minhash import lsh_edges, signatures
+from filters.minhash import exact_jaccard, lsh_edges, signatures
 from filters.text import as_text, normalised
 
 
@@ -31,6 +32,9 @@ class DedupConfig:
     bands: int = field(default=8, metadata={"help": "LSH bands; must divide num_perm (rows per band = num_perm / bands)"})
     ngram: int = field(default=3, metadata={"help": "words per shingle"})
     seed: int = field(default=0, metadata={"help": "hash seed (signatures are reproducible for a seed)"})
+    exact_verify: bool = field(default=True, metadata={"help": "verify LSH candidates by their exact shingle-set "
+                                                       "Jaccard (no estimate noise: precision and recall up at "
+                                                       "the same permutations)"})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -51,10 +55,12 @@ def dedup(
     bands: int = 8,
     ngram: int = 3,
     seed: int = 0,
+    exact_verify: bool = True,
 ) -> pl.LazyFrame:
     """Mark exact and (optionally) near-duplicate rows; rows already dropped (or with null text:
     missing_text) are not compared."""
-    cfg = DedupConfig(near=near, threshold=threshold, num_perm=num_perm, bands=bands, ngram=ngram, seed=seed)
+    cfg = DedupConfig(near=near, threshold=threshold, num_perm=num_perm, bands=bands, ngram=ngram, seed=seed,
+                      exact_verify=exact_verify)
     schema = frame.collect_schema()
     for col in (key, *by):
         if col not in schema:
@@ -74,7 +80,8 @@ def dedup(
         cand = sub[rest]
         sig = signatures(cand["_norm"], num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed)
         group = cand.select(pl.struct(list(by)).hash(seed=cfg.seed)).to_series().to_numpy() if by else None
-        rows, reps = lsh_edges(sig, bands=cfg.bands, group=group, threshold=cfg.threshold)
+        verify = exact_jaccard(cand["_norm"], ngram=cfg.ngram, seed=cfg.seed) if cfg.exact_verify else None
+        rows, reps = lsh_edges(sig, bands=cfg.bands, group=group, threshold=cfg.threshold, verify=verify)
         rep[idx[rest[rows]]], kind[idx[rest[rows]]] = idx[rest[reps]], 2
     rep_key = df[key].cast(pl.String).gather(np.maximum(rep, 0))
     out = df.drop("_norm").with_columns(_kind=pl.Series(kind), _rep=rep_key)

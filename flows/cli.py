@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:       # `prefmill datasets log X | head`: the reader left; nothing is wrong
+        sys.stdout = open(os.devnull, "w")   # noqa: SIM115 - silence the flush at exit
+        return 0
     except KeyboardInterrupt:
         print("prefmill: interrupted; committed batches are kept and a rerun resumes from them", file=sys.stderr)
         return 130

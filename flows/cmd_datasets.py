@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from pipelines.lineage import LINEAGE_TABLE, decode
+from pipelines.quarantine import QUARANTINE_TABLE
 from pipelines.schemas import SCHEMAS, get_schema
 from pipelines.stage import lineage_of
 from pipelines.store import RESERVED, Store, StoreError, TableRef, default_root
@@ -37,7 +38,9 @@ def register(sub: Any) -> None:
         return q
 
     common(cmds.add_parser("list", help="tables with kind, latest version, rows and completion")).set_defaults(func=cmd_list)
-    q = common(cmds.add_parser("log", help="each version of a table with its lineage"))
+    q = common(cmds.add_parser("log", help="each version of a table with its lineage (--funnel RECIPE: the "
+                                           "recipe's funnel and cost per accepted pair)"))
+    q.add_argument("--funnel", action="store_true", help="NAME is a recipe: print its funnel from prompts to pairs")
     q.add_argument("name", help="table name")
     q.set_defaults(func=cmd_log)
     q = common(cmds.add_parser("show", help="schema, lineage and first rows of a version"))
@@ -83,8 +86,37 @@ def _lineage_lines(rec: dict, indent: str = "  ") -> list[str]:
     return [f"{indent}stage {rec['stage']}  fingerprint {rec['fingerprint']}",
             f"{indent}parents {', '.join(rec['parents']) or 'none'}",
             f"{indent}rows in {rec['rows_in']}  out {rec['rows_out']}  drops {drops}  wall {rec['wall_s']:.2f}s",
+            *([_usage_line(rec["stats"], indent)] if rec.get("stats") else []),
             f"{indent}models {models}",
             f"{indent}git {rec['git_sha']}  created {rec['created_at']}"]
+
+
+def _usage_line(stats: dict, indent: str) -> str:
+    return (f"{indent}usage calls {stats.get('calls', 0)}  tokens {stats.get('prompt_tokens', 0)} prompt + "
+            f"{stats.get('completion_tokens', 0)} completion  engine {stats.get('engine_s', 0):.2f}s  "
+            f"commit {stats.get('commit_s', 0):.2f}s")
+
+
+def _funnel(args: argparse.Namespace, store: Store) -> int:
+    """The funnel of a recipe: every stage's rows, drops, calls, tokens and seconds, and the cost
+    per accepted pair (flows/report_funnel.py; the run report shows the same table)."""
+    from flows.report_funnel import funnel_rows, funnel_section
+
+    lineage = store.read(LINEAGE_TABLE) if store.exists(LINEAGE_TABLE) else pl.DataFrame()
+    rows = funnel_rows(lineage, recipe=args.name)
+    if rows.is_empty():
+        raise StoreError(f"no completed stage of a recipe named {args.name!r} in this store; `prefmill datasets list` "
+                         "shows the tables (a recipe's tables start with its name)")
+    if args.json:
+        _emit({"recipe": args.name, "stages": rows.to_dicts()})
+        return 0
+    sec = funnel_section(lineage, recipe=args.name)
+    print(f"funnel of recipe {args.name}: {sec.text}")
+    header, body = sec.tables[0]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    for line in [header, *body]:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    return 0
 
 
 # -- list -------------------------------------------------------------------------------
@@ -114,6 +146,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- log --------------------------------------------------------------------------------
 def cmd_log(args: argparse.Namespace) -> int:
     store = _open(args)
+    if args.funnel:
+        return _funnel(args, store)
     TableRef.parse(args.name)
     kind = store.kind(args.name)
     recs = {int(r["version"]): decode(r) for r in lineage_of(store, args.name).iter_rows(named=True)}
@@ -151,6 +185,10 @@ def cmd_log(args: argparse.Namespace) -> int:
 # -- show -------------------------------------------------------------------------------
 def cmd_show(args: argparse.Namespace) -> int:
     store = _open(args)
+    name, _ = TableRef.parse(args.ref)
+    if name in RESERVED and not store.exists(name):
+        print(f"{name}: no rows yet (nothing has been {'quarantined' if name == QUARANTINE_TABLE else 'completed'})")
+        return 0
     ref = store.ref(args.ref)
     kind = store.kind(ref.name)
     head = store.scan(ref).head(args.rows).collect()

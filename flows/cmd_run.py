@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 from flows.recipe import RecipeError, load_recipe
 
@@ -24,6 +25,24 @@ def _limit(text: str | None) -> int | None:
     if n < 1:
         raise RecipeError(f"--limit {n}: use a positive number of prompts, e.g. --limit 8")
     return n
+
+
+def _start_prefect_api_early() -> threading.Thread:
+    """Without PREFECT_API_URL, Prefect starts a temporary local API server when the flow starts
+    (seconds to tens of seconds on a loaded machine). Start it now, in a thread, so it comes up
+    while the engines and libraries import and the preflight runs; the flow waits for it."""
+    def start() -> None:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+
+    thread = threading.Thread(target=start, name="prefmill-prefect-api", daemon=True)
+    thread.start()
+    return thread
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from flows.loop import run_recipe
 
-    result = run_recipe(recipe, store=args.store, recipe_path=args.recipe)
+    server = _start_prefect_api_early()
+    result = run_recipe(recipe, store=args.store, recipe_path=args.recipe, api_ready=server.join)
     print(result.summary())
     if result.failed:
         print(f"prefmill: error: {result.failed}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
@@ -208,11 +209,15 @@ def preflight(recipe: Recipe, root: str) -> None:
     check_cluster(recipe.scale)
 
 
-def run_recipe(recipe: Recipe, *, store: str | None, recipe_path: str = "", overrides: list[str] | None = None) -> RunResult:
+def run_recipe(recipe: Recipe, *, store: str | None, recipe_path: str = "", overrides: list[str] | None = None,
+               api_ready: Callable[[], None] | None = None) -> RunResult:
     """Run a validated recipe as a Prefect flow in this process and return its result; a failed
-    run (nothing to train on) raises RunFailed after the flow run is marked Failed."""
+    run (nothing to train on) raises RunFailed after the flow run is marked Failed. `api_ready`
+    waits for a Prefect API started ahead of time (flows/cmd_run.py)."""
     root = str(store or default_root())
     preflight(recipe, root)
+    if api_ready is not None:
+        api_ready()
     holder: dict[str, RunResult] = {}
 
     @flow(name=f"prefmill-{recipe.name}", log_prints=False)

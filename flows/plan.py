@@ -221,8 +221,9 @@ def compile_plan(recipe: Recipe) -> Plan:
         what = f"r{last}.steps" if recipe.export.table == "steps" else f"r{last}.pairs"
         out.append(StageSpec("export", "export", last, recipe.export.out, inputs={"table": what},
                              note=f"{recipe.export.format}", writes_table=False, final=True, needs_success=True))
-    out.append(StageSpec("report", "report", max(recipe.rounds.count, 1), recipe.report.out, writes_table=False,
-                         final=True))
+    if recipe.report is not None:
+        out.append(StageSpec("report", "report", max(recipe.rounds.count, 1), recipe.report.out, writes_table=False,
+                             final=True))
     return Plan(recipe=recipe.name, stages=out)
 
 

@@ -187,6 +187,7 @@ class ExportSection(Strict):
 
 class ReportSection(Strict):
     out: str = Field("reports/latest", description="report folder")
+    figures: bool = Field(True, description="draw the plots (matplotlib); off = tables only, a few seconds faster")
 
 
 def _default_training(data: Any) -> Any:
@@ -213,7 +214,7 @@ class Recipe(Strict):
     scale: ScaleSection = Field(default_factory=ScaleSection, description="where the model stages run: this "
                                 "process, or sharded over a Dask or Ray cluster (flows/scale.py)")
     export: ExportSection | None = Field(None, description="export the last round's pairs")
-    report: ReportSection = Field(default_factory=ReportSection)
+    report: ReportSection | None = Field(default_factory=ReportSection, description="the run report (null: none)")
 
     _fill_trainer = model_validator(mode="before")(_default_training)
 
@@ -447,5 +448,6 @@ def apply_limit(recipe: Recipe, limit: int) -> Recipe:
     out: dict[str, Any] = {"name": name, "prompts": p.model_copy(update=upd)}
     if recipe.export is not None:
         out["export"] = recipe.export.model_copy(update={"out": recipe.export.out.rstrip("/") + suffix})
-    out["report"] = recipe.report.model_copy(update={"out": recipe.report.out.rstrip("/") + suffix})
+    if recipe.report is not None:
+        out["report"] = recipe.report.model_copy(update={"out": recipe.report.out.rstrip("/") + suffix})
     return recipe.model_copy(update=out)

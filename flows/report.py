@@ -52,13 +52,16 @@ def _concat(store: Store, names: list[str]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
-def metrics_section(evals: pl.DataFrame) -> Section:
-    plt = _plt()
+def metrics_section(evals: pl.DataFrame, *, figures: bool = True) -> Section:
     latest = evals.sort("eval_id").unique(subset=["round", "model", "metric"], keep="last")
     present = set(latest.get_column("metric"))
     names = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
     wide = latest.pivot(on="metric", index=["round", "model"], values="value").sort("round", "model")
     rows = [[_fmt(r["round"]), str(r["model"]), *(_fmt(r.get(m)) for m in names)] for r in wide.iter_rows(named=True)]
+    text = "Held-out evaluation after each round (round 0 = the base model)."
+    if not figures:
+        return Section("Eval metrics by round", text, [(["round", "model", *names], rows)])
+    plt = _plt()
     ncols = min(3, len(names))
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False)
@@ -71,12 +74,10 @@ def metrics_section(evals: pl.DataFrame) -> Section:
         ax.set_xticks(rounds)
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("round")
-    return Section("Eval metrics by round", "Held-out evaluation after each round (round 0 = the base model).",
-                   [(["round", "model", *names], rows)], [("metrics", _png(fig))])
+    return Section("Eval metrics by round", text, [(["round", "model", *names], rows)], [("metrics", _png(fig))])
 
 
-def reward_section(scores: pl.DataFrame) -> Section:
-    plt = _plt()
+def reward_section(scores: pl.DataFrame, *, figures: bool = True) -> Section:
     d = scores.with_columns(pl.col("_table").map_elements(round_of, return_dtype=pl.Int64).alias("round"))
     d = d.filter(pl.col("score").is_not_null())
     by = d.group_by("round", "scorer").agg(pl.len().alias("n"), pl.col("score").mean().alias("mean"),
@@ -84,6 +85,11 @@ def reward_section(scores: pl.DataFrame) -> Section:
     by = by.sort("round", "scorer", nulls_last=False)
     rows = [[_fmt(r["round"]), r["scorer"], _fmt(r["n"]), _fmt(r["mean"]), _fmt(r["median"]), _fmt(r["std"])]
             for r in by.iter_rows(named=True)]
+    table = [(["round", "scorer", "n", "mean", "median", "std"], rows)]
+    text = "Scores of the samples generated in each round, all scorers pooled in the plot."
+    if not figures:
+        return Section("Reward distribution", text, table)
+    plt = _plt()
     groups = [(f"r{k}" if k is not None else "-", d.filter(pl.col("round").eq_missing(k)).get_column("score").to_list())
               for k in sorted(set(d.get_column("round").to_list()), key=lambda x: -1 if x is None else x)]
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -91,17 +97,19 @@ def reward_section(scores: pl.DataFrame) -> Section:
         ax.boxplot([g for _, g in groups], tick_labels=[n for n, _ in groups])
     ax.set_title("Reward of scored samples per round")
     ax.set_ylabel("score")
-    return Section("Reward distribution", "Scores of the samples generated in each round, all scorers pooled in the plot.",
-                   [(["round", "scorer", "n", "mean", "median", "std"], rows)], [("rewards", _png(fig))])
+    return Section("Reward distribution", text, table, [("rewards", _png(fig))])
 
 
-def length_section(responses: pl.DataFrame, model_round: dict[str, int]) -> Section:
-    plt = _plt()
+def length_section(responses: pl.DataFrame, model_round: dict[str, int], *, figures: bool = True) -> Section:
     d = responses.with_columns(pl.col("policy").replace_strict(model_round, default=None, return_dtype=pl.Int64).alias("round"))
     d = d.filter(pl.col("round").is_not_null() & pl.col("completion_tokens").is_not_null())
     by = d.group_by("round").agg(pl.len().alias("n"), pl.col("completion_tokens").mean().alias("mean"),
                                  pl.col("completion_tokens").quantile(0.9).alias("p90")).sort("round")
     rows = [[_fmt(r["round"]), _fmt(r["n"]), _fmt(float(r["mean"])), _fmt(float(r["p90"]))] for r in by.iter_rows(named=True)]
+    table = [(["round", "answers", "mean tokens", "p90 tokens"], rows)]
+    if not figures:
+        return Section("Length drift", "Length of the held-out answers of each round's model.", table)
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     rounds = by.get_column("round").to_list()
     if rounds:
@@ -109,8 +117,8 @@ def length_section(responses: pl.DataFrame, model_round: dict[str, int]) -> Sect
                    tick_labels=[f"r{k}" for k in rounds])
     ax.set_title("Eval answer length per round")
     ax.set_ylabel("tokens")
-    return Section("Length drift", "Length of the held-out answers of each round's model.",
-                   [(["round", "answers", "mean tokens", "p90 tokens"], rows)], [("lengths", _png(fig))])
+    return Section("Length drift", "Length of the held-out answers of each round's model.", table,
+                   [("lengths", _png(fig))])
 
 
 def _latest_runs(lineage: pl.DataFrame) -> dict[str, str]:
@@ -121,10 +129,10 @@ def _latest_runs(lineage: pl.DataFrame) -> dict[str, str]:
     return dict(last.iter_rows())
 
 
-def pairs_section(pairs: pl.DataFrame, quarantine: pl.DataFrame, lineage: pl.DataFrame) -> Section:
+def pairs_section(pairs: pl.DataFrame, quarantine: pl.DataFrame, lineage: pl.DataFrame, *,
+                  figures: bool = True) -> Section:
     """Kept rows of each pairs table (latest version) and the drops of the stage run that made it
     (all quarantine rows of the table when no completion record names the run)."""
-    plt = _plt()
     kept = pairs.group_by("_table").agg(pl.len().alias("kept"),
                                         (pl.col("chosen_score") - pl.col("rejected_score")).mean().alias("margin"))
     runs = _latest_runs(lineage)
@@ -140,6 +148,11 @@ def pairs_section(pairs: pl.DataFrame, quarantine: pl.DataFrame, lineage: pl.Dat
         by = {r: int(c) for tt, r, c in drops.iter_rows() if tt == t}
         rows.append([t, _fmt(round_of(t)), str(n), _fmt(margin), *(str(by.get(r, 0)) for r in reasons)])
         bars.append((t, n, by))
+    table = [(["table", "round", "kept", "mean margin", *[f"dropped: {r}" for r in reasons]], rows)]
+    text = "Rows of each pairs table and the rows its stage quarantined, by reason."
+    if not figures:
+        return Section("Pairs kept and dropped", text, table)
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(bars)), 3.2))
     x = list(range(len(bars)))
     ax.bar(x, [b[1] for b in bars], label="kept")
@@ -151,9 +164,7 @@ def pairs_section(pairs: pl.DataFrame, quarantine: pl.DataFrame, lineage: pl.Dat
     ax.set_xticks(x, [b[0] for b in bars], rotation=15, fontsize=8)
     ax.set_ylabel("rows")
     ax.legend(fontsize=7)
-    return Section("Pairs kept and dropped", "Rows of each pairs table and the rows its stage quarantined, by reason.",
-                   [(["table", "round", "kept", "mean margin", *[f"dropped: {r}" for r in reasons]], rows)],
-                   [("pairs", _png(fig))])
+    return Section("Pairs kept and dropped", text, table, [("pairs", _png(fig))])
 
 
 def drops_section(quarantine: pl.DataFrame) -> Section:
@@ -189,7 +200,7 @@ def _last_eval_answers(store: Store, recipe: str) -> tuple[pl.DataFrame, pl.Data
     return store.read(answers[-1]), store.read(prompts)
 
 
-def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
+def build_sections(store: Store, *, recipe: str | None = None, figures: bool = True) -> list[Section]:
     """The sections of one recipe's report; with recipe=None, one group of sections per recipe
     in the store (metrics are never pooled across recipes)."""
     if recipe is None:
@@ -197,7 +208,7 @@ def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
         if len(names) > 1:
             out: list[Section] = []
             for name in names:
-                group = build_sections(store, recipe=name)
+                group = build_sections(store, recipe=name, figures=figures)
                 for sec in group:
                     sec.title = f"{name}: {sec.title}"
                 out += group
@@ -218,7 +229,7 @@ def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
             models = m.filter(pl.col("name").str.starts_with(recipe + "-")) if m.height else m
     out = []
     if evals.height:
-        out.append(metrics_section(evals))
+        out.append(metrics_section(evals, figures=figures))
         lift = lift_section(evals)
         if lift is not None:
             out.append(lift)
@@ -226,19 +237,19 @@ def build_sections(store: Store, *, recipe: str | None = None) -> list[Section]:
     if funnel is not None:
         out.append(funnel)
     if scores.height:
-        out.append(reward_section(scores))
+        out.append(reward_section(scores, figures=figures))
     if responses.height and evals.height:
         model_round = {m: int(r) for m, r in evals.select("model", "round").unique().iter_rows() if r is not None}
         responses = responses.with_columns(pl.col("_table").map_elements(round_of, return_dtype=pl.Int64)
                                            .cast(pl.String).alias("policy")) if "_table" in responses.columns else responses
-        out.append(length_section(responses, {str(v): v for v in model_round.values()}))
+        out.append(length_section(responses, {str(v): v for v in model_round.values()}, figures=figures))
     if recipe is not None:
         answers, prompts = _last_eval_answers(store, recipe)
         ex = examples_section(answers, prompts)
         if ex is not None:
             out.append(ex)
     if pairs.height or (quarantine.height and _tables_of(store, "pairs", recipe)):
-        out.append(pairs_section(pairs, quarantine, lineage))
+        out.append(pairs_section(pairs, quarantine, lineage, figures=figures))
     if recipe is not None and store.exists(f"{recipe}.reviews") and _tables_of(store, "pairs", recipe):
         out.append(_reviews_section(store, recipe))
     if quarantine.height:
@@ -275,11 +286,12 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;c
        "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.6em 0}")
 
 
-def write_report(store: Store, out: str | Path, *, recipe: str | None = None, title: str | None = None) -> Path:
+def write_report(store: Store, out: str | Path, *, recipe: str | None = None, title: str | None = None,
+                 figures: bool = True) -> Path:
     """Write report.html (self-contained) and report.md (+ figures/) into `out`; return report.html."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    sections = build_sections(store, recipe=recipe)
+    sections = build_sections(store, recipe=recipe, figures=figures)
     title = title or f"prefmill report: {recipe or 'store'} {store.root}"
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     listing = [[t, str(store.version(t)), store.kind(t)] for t in store.tables() if recipe is None or t.startswith(recipe + ".")]

@@ -298,7 +298,8 @@ def run_export(ctx: RunContext, spec: StageSpec) -> str:
 def run_report(ctx: RunContext, spec: StageSpec) -> str:
     from flows.report import write_report
 
-    return str(write_report(ctx.store, out=ctx.recipe.report.out, recipe=ctx.recipe.name))
+    return str(write_report(ctx.store, out=ctx.recipe.report.out, recipe=ctx.recipe.name,
+                            figures=ctx.recipe.report.figures))
 
 
 Runner = Callable[[RunContext, StageSpec], str]

@@ -23,6 +23,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -194,10 +195,13 @@ def _chunks(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 
 class _Committer:
     """Accumulates batches and commits their rows (one atomic Delta commit) and quarantine rows
-    every `batch_items` items or `every_s` seconds."""
+    every `batch_items` items or `every_s` seconds. With `background`, a commit runs in a writer
+    thread while the caller keeps pulling results (the engine stays busy); at most one commit is
+    in flight, so memory stays bounded and a failed commit surfaces at the next flush. Progress
+    (and a budget check hooked on it) is reported in the caller's thread once a commit is done."""
 
     def __init__(self, run: StageRun, *, batch_items: int, every_s: float | None, usage: Usage,
-                 progress: Progress | None, total: int, finished: int):
+                 progress: Progress | None, total: int, finished: int, background: bool = False):
         self.run, self.batch_items, self.every_s, self.usage = run, batch_items, every_s, usage
         self.progress, self.total, self.finished = progress, total, finished
         self._rows: list[pl.DataFrame] = []
@@ -205,6 +209,8 @@ class _Committer:
         self._items = 0
         self._pending_units = 0
         self._last = time.monotonic()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefmill-commit") if background else None
+        self._inflight: tuple[Future, int] | None = None
 
     def add(self, batch: Batch, *, items: int = 1) -> None:
         self.usage.add(batch.usage)
@@ -217,21 +223,51 @@ class _Committer:
         if self._items >= self.batch_items or due:
             self.flush()
 
+    def _commit(self, rows: list[pl.DataFrame], bad: list[Bad]) -> None:
+        if rows:
+            self.run.write(pl.concat(rows, how="vertical_relaxed") if len(rows) > 1 else rows[0])
+        if bad:
+            self.run.quarantine(bad)
+
+    def _settle(self) -> None:
+        """Wait for the commit in flight (re-raising its error) and report its progress."""
+        if self._inflight is None:
+            return
+        future, units = self._inflight
+        self._inflight = None
+        t0 = time.perf_counter()
+        future.result()
+        self.usage.commit_s += time.perf_counter() - t0
+        self._report(units)
+
+    def _report(self, units: int) -> None:
+        self.finished += units
+        if self.progress is not None:
+            self.progress(min(self.finished, self.total), self.total)
+
     def flush(self) -> None:
         if not (self._rows or self._bad or self._pending_units):
             return
-        t0 = time.perf_counter()
-        if self._rows:
-            self.run.write(pl.concat(self._rows, how="vertical_relaxed") if len(self._rows) > 1 else self._rows[0])
-        if self._bad:
-            self.run.quarantine(self._bad)
-        self.usage.commit_s += time.perf_counter() - t0
-        self._rows, self._bad, self._items = [], [], 0
+        rows, bad, units = self._rows, self._bad, self._pending_units
+        self._rows, self._bad, self._items, self._pending_units = [], [], 0, 0
         self._last = time.monotonic()
-        self.finished += self._pending_units
-        self._pending_units = 0
-        if self.progress is not None:
-            self.progress(min(self.finished, self.total), self.total)
+        if self._pool is not None:
+            self._settle()
+            self._inflight = (self._pool.submit(self._commit, rows, bad), units)
+            return
+        t0 = time.perf_counter()
+        self._commit(rows, bad)
+        self.usage.commit_s += time.perf_counter() - t0
+        self._report(units)
+
+    def close(self) -> None:
+        """Commit what is left and wait for it."""
+        try:
+            self.flush()
+            self._settle()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress | None = None,
@@ -257,17 +293,22 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
     total = work.total_units()
     left = sum(it.units for it in items)
     usage = Usage()
-    committer = _Committer(run, batch_items=batch_size, every_s=commit_every_s if stream else None, usage=usage,
-                           progress=progress, total=total, finished=max(total - left, 0) if shard is None else 0)
+    streaming = stream and callable(getattr(work, "stream", None))
+    committer = _Committer(run, batch_items=batch_size, every_s=commit_every_s if streaming else None, usage=usage,
+                           progress=progress, total=total, finished=max(total - left, 0) if shard is None else 0,
+                           background=streaming)
     if progress is not None:
         progress(committer.finished, total)
     log.info("%s: %d items to process for %s", ident.stage, len(items), ident.output)
     try:
-        _run_items(work, items, committer, usage, batch_size=batch_size, stream=stream)
+        _run_items(work, items, committer, usage, batch_size=batch_size, stream=streaming)
     finally:
-        close = getattr(work, "close", None)
-        if callable(close):
-            close()
+        try:
+            committer.close()
+        finally:
+            close = getattr(work, "close", None)
+            if callable(close):
+                close()
     if not finish:
         return None
     return run.finish(rows_in=work.rows_in(), target_keys=work.target_keys(), stats=usage.as_dict())
@@ -276,10 +317,11 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
 def _run_items(work: Work, items: list[Item], committer: _Committer, usage: Usage, *, batch_size: int,
                stream: bool) -> None:
     if items:
-        if stream and callable(getattr(work, "stream", None)):
+        if stream:
             t0 = time.perf_counter()
-            for batch in work.stream(iter(items)):
-                committer.add(batch)
+            with contextlib.closing(work.stream(iter(items))) as results:    # closing aborts requests in flight
+                for batch in results:
+                    committer.add(batch)
             usage.engine_s += time.perf_counter() - t0 - usage.commit_s
         else:
             for chunk in _chunks(items, batch_size):
@@ -289,7 +331,6 @@ def _run_items(work: Work, items: list[Item], committer: _Committer, usage: Usag
                 result.units = result.units or sum(it.units for it in chunk)
                 committer.add(result, items=len(chunk))
                 committer.flush()
-        committer.flush()
 
 
 def frame_items(frame: pl.DataFrame, key: str, *, done: set[str], size: int) -> list[Item]:

@@ -168,7 +168,7 @@ class SampleWork(WorkBase):
         if rest:
             yield self.process(rest)
         requests = ((it, self.convs[it.payload[1]]) for it in full)
-        for it, comps in self.backend.stream(requests, self.sampling):
+        for it, comps in self.backend.stream(requests, self.sampling, seed_key=lambda it: it.key):
             yield Batch(rows=pl.DataFrame(self._rows(it.payload[1], it.payload[2], comps),
                                           schema=get_schema("samples").schema),
                         usage=completion_usage(comps), units=len(comps))
@@ -182,7 +182,7 @@ def completion_usage(comps: list[Completion]) -> Usage:
 
 def sample_stage(store: Store, backend: Backend, cfg: SamplingStageConfig, *, prompts: str | TableRef = "prompts",
                  output: str = "samples", progress: Progress | None = None, stream: bool | None = None,
-                 commit_every_s: float = 30.0) -> TableRef:
+                 commit_every_s: float = 10.0) -> TableRef:
     """Sample every selected prompt (see module docstring); returns the completed output version.
     The backend must be loaded (its revision enters the keys). `stream` (default: when the
     backend can) keeps the engine full and commits every cfg.batch_size prompts' samples or

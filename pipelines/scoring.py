@@ -15,7 +15,7 @@ text, never a silent 0. One scorer per output table: `finish` prunes rows that a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import polars as pl
@@ -112,6 +112,23 @@ class ScoreWork(WorkBase):
         rows = score_rows(batch[ok], self.id, [results[i] for i in ok]) if ok else None
         return Batch(rows=rows, bad=bad)
 
+    def stream(self, items: Iterator[Item]) -> Iterator[Batch]:
+        """Judges with `evaluate_stream` keep their engine full across batches (one Batch per row)."""
+        if not self._loaded:
+            self.scorer.load()
+            self._loaded = True
+        requests = ((it, it.payload["messages"], it.payload["completion"]) for it in items
+                    if it.payload["messages"] is not None)
+        for it, r in self.scorer.evaluate_stream(requests):
+            batch = pl.DataFrame([it.payload], schema=self.rows.schema)
+            if r.ok:
+                yield Batch(rows=score_rows(batch, self.id, [r]))
+            else:
+                raw = r.failure.raw if r.failure is not None else r.text
+                yield Batch(bad=[(it.key, r.failure.reason if r.failure is not None else "non_finite_score",
+                                  {"sample_id": it.payload["sample_id"], "scorer": self.id, "score": repr(r.score),
+                                   "raw": raw})])
+
     def close(self) -> None:
         if self._loaded:
             self.scorer.close()
@@ -141,4 +158,8 @@ def score_samples(store: Store, *, samples: TableRef | str, prompts: TableRef | 
         return ensemble_stage(store, samples=s_ref, prompts=p_ref, cfg=cfg, output=output,
                               members=[store.ref(m) for m in (members if members is not None else cfg.members)])
     work = ScoreWork(store, cfg, samples=s_ref, prompts=p_ref, output=output, backend=backend)
-    return drive(store, work, batch_size=batch_size, progress=progress)
+    judge_backend = getattr(work.scorer, "backend", None)
+    stream = (callable(getattr(work.scorer, "evaluate_stream", None)) and not cfg.inputs
+              and callable(getattr(judge_backend, "stream", None)))
+    return drive(store, work, batch_size=batch_size if not stream else max(batch_size, 256), progress=progress,
+                 stream=stream, commit_every_s=10.0)

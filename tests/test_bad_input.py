@@ -117,7 +117,7 @@ def test_unknown_recipe_keys_get_a_suggestion(tmp_path, filled, capfd, body, nee
 @pytest.mark.parametrize("body,needles", [
     ("sampling: {n: four}\n", ("sampling.n", "integer", "four")),
     ("sampling: {temperature: -1}\n", ("sampling.temperature", "greater than or equal to 0")),
-    ("policy: {kind: tgi}\n", ("policy.kind", "'vllm', 'openai' or 'transformers'")),
+    ("policy: {kind: tgi}\n", ("policy.kind", "'vllm', 'openai', 'transformers' or 'vllm_server'")),
     ("rounds: {count: [1, 2]}\n", ("rounds.count", "integer")),
 ])
 def test_wrong_types_name_the_key_and_the_expected_type(tmp_path, filled, capfd, body, needles):

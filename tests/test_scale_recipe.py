@@ -13,7 +13,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.cli import main
 from pipelines.stage import lineage_of
 from pipelines.store import Store
 
@@ -43,6 +42,13 @@ report: {{out: {tmp / 'report'}}}
     return path
 
 
+def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    """`prefmill ...` in a subprocess, as a user runs it (its own Prefect API, cluster, engines)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp / "prefect")}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1500)
+
+
 def _keys(store_dir: Path) -> dict[str, set[str]]:
     s = Store(store_dir, create=False)
     out = {}
@@ -60,7 +66,8 @@ def _keys(store_dir: Path) -> dict[str, set[str]]:
 def local_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("local")
     recipe = _recipe(tmp, tiny_model_dir)
-    assert main(["run", str(recipe), "--store", str(tmp / "store")]) == 0
+    out = _run(["run", str(recipe), "--store", str(tmp / "store")], tmp)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return recipe, _keys(tmp / "store")
 
 
@@ -71,7 +78,8 @@ def test_sharded_run_writes_the_local_key_sets(engine, local_run, tmp_path):
         pytest.importorskip("prefect_ray")
     recipe, expected = local_run
     store = tmp_path / "store"
-    assert main(["run", str(recipe), "--store", str(store), "--scale", engine, "--workers", "2"]) == 0
+    out = _run(["run", str(recipe), "--store", str(store), "--scale", engine, "--workers", "2"], tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert _keys(store) == expected
     lin = Store(store, create=False).read("_lineage").filter(pl.col("table") == "scaled.r1.samples")
     assert lin.height == 1

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -92,10 +92,24 @@ class PointwiseJudge(LLMJudge):
                              high=f"{c.high:g}") for p, r in zip(prompts, responses)]
         outs = self.ask(convs, c.k, reading.sampling(c.sampling(c.k)))
         need = c.min_parsed or c.k
+        return [self._result(reading, o) for o in outs]
+
+    def _result(self, reading: Reading, completions) -> ScoreResult:
+        c = self.cfg
         if c.reading == "logprobs":
-            return [_from_distribution(reading, o[0]) for o in outs]
-        return [summarize([x.text for x in o], low=c.low, high=c.high, min_parsed=min(need, len(o)),
-                          reading=c.reading) for o in outs]
+            return _from_distribution(reading, completions[0])
+        return summarize([x.text for x in completions], low=c.low, high=c.high,
+                         min_parsed=min(c.min_parsed or c.k, len(completions)), reading=c.reading)
+
+    def evaluate_stream(self, requests: Iterable[tuple[Any, Conversation, str]]) -> Iterator[tuple[Any, ScoreResult]]:
+        """Continuously fed judging: (tag, prompt, response) in, (tag, result) out as each reply
+        finishes (the backend's `stream`), so the engine never waits for a whole batch."""
+        c = self.cfg
+        reading = Reading(c.reading, score_choices(c.low, c.high) if c.reading != "text" else ())
+        convs = ((tag, self.render(messages=plain(p), response=r, short_reply=reading.short_reply, low=f"{c.low:g}",
+                                   high=f"{c.high:g}")) for tag, p, r in requests)
+        for tag, outs in self.backend.stream(convs, reading.sampling(c.sampling(c.k))):
+            yield tag, self._result(reading, outs)
 
 
 def _from_distribution(reading: Reading, completion) -> ScoreResult:

@@ -46,7 +46,7 @@ class JudgeConfigBase(ScorerConfigBase):
         return 1
 
     def max_new_tokens(self) -> int:
-        return self.max_tokens
+        return self.max_tokens if self.reading == "text" else 2     # a constrained reply is one short answer
 
     def sampling(self, n: int) -> Sampling:
         return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,

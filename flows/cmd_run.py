@@ -27,22 +27,48 @@ def _limit(text: str | None) -> int | None:
     return n
 
 
-def _start_prefect_api_early() -> threading.Thread:
+class _EarlyAPI:
     """Without PREFECT_API_URL, Prefect starts a temporary local API server when the flow starts
     (seconds to tens of seconds on a loaded machine). Start it now, in a thread, so it comes up
-    while the engines and libraries import and the preflight runs; the flow waits for it."""
-    def start() -> None:
+    while the engines and libraries import and the preflight runs; the flow waits for it. The
+    server module is imported here, in the calling thread (imports from two threads at once race
+    with code that walks sys.modules); the thread only spawns the server and polls its health. A
+    failed early start is harmless: the flow starts the server itself. Prefect's start/stop
+    notices are silenced (stderr carries prefmill's one-line errors only); a run that fails before
+    its flow starts stops the server again."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from prefect.server.api import server as api_server
         from prefect.settings import PREFECT_API_URL
 
+        self.thread: threading.Thread | None = None
         if PREFECT_API_URL.value():
             return
-        from prefect.server.api.server import SubprocessASGIServer
+        logger = getattr(api_server, "subprocess_server_logger", None)
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(logging.WARNING)
+        self.server = api_server.SubprocessASGIServer()
+        self.thread = threading.Thread(target=self._start, name="prefmill-prefect-api", daemon=True)
+        self.thread.start()
 
-        SubprocessASGIServer().start()
+    def _start(self) -> None:
+        try:
+            self.server.start()
+        except Exception:  # noqa: BLE001 - the flow retries the start and reports its own error
+            pass
 
-    thread = threading.Thread(target=start, name="prefmill-prefect-api", daemon=True)
-    thread.start()
-    return thread
+    def ready(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    def close(self, failed: bool) -> None:
+        """Never leave the start-up thread behind this command; stop the server of a run that
+        failed before or in its flow (the next command in this process starts a fresh one)."""
+        self.ready()
+        if failed and self.thread is not None:
+            self.server.stop()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,8 +103,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from flows.loop import run_recipe
 
-    server = _start_prefect_api_early()
-    result = run_recipe(recipe, store=args.store, recipe_path=args.recipe, api_ready=server.join)
+    api = _EarlyAPI()
+    failed = True
+    try:
+        result = run_recipe(recipe, store=args.store, recipe_path=args.recipe, api_ready=api.ready)
+        failed = False
+    finally:
+        api.close(failed)
     print(result.summary())
     if result.failed:
         print(f"prefmill: error: {result.failed}", file=sys.stderr)

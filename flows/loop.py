@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -98,6 +99,15 @@ def _initial_policy(recipe: Recipe) -> str:
     return str(folder) if folder is not None else recipe.policy.model
 
 
+def _absolute(root) -> str:
+    """The store root as every process sees it: a relative folder is resolved here, since shards
+    on an existing cluster start in their own working directories."""
+    from pipelines.store import is_uri
+
+    text = str(root)
+    return text if is_uri(text) else str(Path(text).expanduser().resolve())
+
+
 def run_spec(spec: StageSpec, ctx: RunContext) -> str:
     """One plan stage as a Prefect task named by its id; its stats are published after."""
     retried = spec.kind in RETRIED
@@ -135,6 +145,8 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
                 continue
             if result.failed and spec.needs_success:
                 continue
+            if (result.stopped or result.failed) and not ctx.has_inputs(spec):
+                continue
             try:
                 result.results[spec.id] = run_spec(spec, ctx)
             except BudgetExhausted as e:
@@ -169,7 +181,7 @@ def recipe_flow(recipe_path: str, store: str | None = None, overrides: list[str]
     """The whole recipe as one Prefect flow (what `prefmill serve` runs). A failed run raises, so
     the flow run is Failed, not Completed."""
     recipe = load_recipe(recipe_path, overrides=overrides, limit=limit)
-    root = str(store or default_root())
+    root = _absolute(store or default_root())
     preflight(recipe, root)
     result = execute(recipe, root, str(flow_run.id or "local"))
     get_run_logger().info(result.summary())
@@ -214,7 +226,7 @@ def run_recipe(recipe: Recipe, *, store: str | None, recipe_path: str = "", over
     """Run a validated recipe as a Prefect flow in this process and return its result; a failed
     run (nothing to train on) raises RunFailed after the flow run is marked Failed. `api_ready`
     waits for a Prefect API started ahead of time (flows/cmd_run.py)."""
-    root = str(store or default_root())
+    root = _absolute(store or default_root())
     preflight(recipe, root)
     if api_ready is not None:
         api_ready()

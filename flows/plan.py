@@ -75,6 +75,8 @@ def count_prompts(recipe: Recipe) -> int:
             n = len(ds[p.seeds.hf_split]) if hasattr(ds, "keys") else len(ds)
         if p.seeds.limit:
             n = min(n, p.seeds.limit)
+        if p.seeds.cap:
+            n = min(n, p.seeds.cap)
     if p.topics:
         n += _topic_leaves(recipe) * len(p.write.task_types) * p.write.n_prompts
     if p.limit:

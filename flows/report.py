@@ -240,8 +240,10 @@ def build_sections(store: Store, *, recipe: str | None = None, figures: bool = T
         out.append(reward_section(scores, figures=figures))
     if responses.height and evals.height:
         model_round = {m: int(r) for m, r in evals.select("model", "round").unique().iter_rows() if r is not None}
-        responses = responses.with_columns(pl.col("_table").map_elements(round_of, return_dtype=pl.Int64)
-                                           .cast(pl.String).alias("policy")) if "_table" in responses.columns else responses
+        if "_table" in responses.columns:   # rK.eval_responses: the round is in the name; one shared table: the policy
+            by_name = pl.col("_table").map_elements(round_of, return_dtype=pl.Int64)
+            by_policy = pl.col("policy").replace_strict(model_round, default=None, return_dtype=pl.Int64)
+            responses = responses.with_columns(pl.coalesce(by_name, by_policy).cast(pl.String).alias("policy"))
         out.append(length_section(responses, {str(v): v for v in model_round.values()}, figures=figures))
     if recipe is not None:
         answers, prompts = _last_eval_answers(store, recipe)

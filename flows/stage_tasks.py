@@ -64,6 +64,16 @@ class RunContext:
     def input(self, spec: StageSpec, role: str) -> str:
         return self.resolve(spec.inputs[role])
 
+    def has_inputs(self, spec: StageSpec) -> bool:
+        """Whether every input of `spec` was produced (a stopped or failed run skips the final
+        stages whose inputs it never wrote, e.g. the export of a round that never paired)."""
+        try:
+            for ref in spec.inputs.values():
+                self.resolve(ref)
+        except KeyError:
+            return False
+        return True
+
     def resolve(self, ref: str) -> str:
         if ref.startswith("policy.r"):
             k = int(ref.removeprefix("policy.r"))

@@ -144,9 +144,10 @@ def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_pro
         frame = prompts_frame(rows)
         if frame.height < len(rows):
             seen: set[str] = set()
-            for r in rows:
+            for i, r in enumerate(rows):   # own key: the kept copy keeps the prompt_id
                 if r["prompt_id"] in seen:
-                    bad.append((r["prompt_id"], "exact_duplicate", {"messages": r["messages"]}))
+                    bad.append((keys.content_hash("seed-dup", cfg.path, i), "exact_duplicate",
+                                {"prompt_id": r["prompt_id"], "messages": r["messages"]}))
                 seen.add(r["prompt_id"])
         run.quarantine(bad)
         if cfg.cap is not None:

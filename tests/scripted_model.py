@@ -25,6 +25,11 @@ def _h(text: str) -> int:
 def reply(prompt: str, choice: list[str] | None) -> str:
     """The scripted model's answer to the last user message."""
     h = _h(prompt)
+    pair = re.search(r"Assistant A's Answer\]\n(.*)\n\[The End of Assistant A's Answer\].*"
+                     r"Assistant B's Answer\]\n(.*)\n\[The End of Assistant B's Answer\]", prompt, re.S)
+    if choice and pair and {"A", "B"} <= set(choice):
+        a, b = _h(pair.group(1)), _h(pair.group(2))   # a consistent judge: the same answer wins in both orders
+        return "C" if a == b and "C" in choice else ("A" if a > b else "B")
     if choice:
         return choice[h % len(choice)]
     m = re.search(r"generate (\d+) diverse topics", prompt)
@@ -44,6 +49,16 @@ def reply(prompt: str, choice: list[str] | None) -> str:
     return text.capitalize() + ("." if h % 3 else ", and more.")
 
 
+def _logprobs(text: str, choice: list[str] | None, k: int | None) -> dict | None:
+    """OpenAI-style token log-probs: the answer as one token, its alternatives (the other allowed
+    answers, or nothing) less likely."""
+    if k is None:
+        return None
+    alts = [c for c in (choice or []) if c != text][: max(int(k) - 1, 0)]
+    top = [{"token": text, "logprob": -0.2}] + [{"token": c, "logprob": -2.0 - i} for i, c in enumerate(alts)]
+    return {"content": [{"token": text, "logprob": -0.2, "top_logprobs": top}]}
+
+
 class ScriptedModel:
     def __init__(self, name: str = "scripted"):
         outer = self
@@ -61,8 +76,10 @@ class ScriptedModel:
                 choice = so.get("choice") or body.get("guided_choice")
                 n = int(body.get("n") or 1)
                 texts = [reply(prompt + (f"#{i}" if i and not choice else ""), choice) for i in range(n)]
+                k = body.get("top_logprobs") if body.get("logprobs") else None
                 self._send(200, {"choices": [{"index": i, "message": {"role": "assistant", "content": t},
-                                              "finish_reason": "stop"} for i, t in enumerate(texts)],
+                                              "finish_reason": "stop", "logprobs": _logprobs(t, choice, k)}
+                                             for i, t in enumerate(texts)],
                                  "usage": {"prompt_tokens": len(prompt.split()),
                                            "completion_tokens": sum(len(t.split()) for t in texts)}})
 

@@ -159,8 +159,10 @@ training: {loss: sigmoid, max_steps: 1, batch_size: 4, max_length: 96}
 rounds: {count: 1, self_rewarding: true}
 """)
     out = _run(["run", str(recipe), "--store", str(tmp_path / "store")], tmp_path)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "no training rows survived" in out.stdout   # a random tiny judge writes no readable score
+    # a random tiny judge writes no readable score: nothing to train on is exit 1, with the drops
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "no pairs survived scoring and filtering" in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr.split("prefmill: error:")[-1]
     from pipelines.store import Store
 
     s = Store(tmp_path / "store", create=False)
@@ -177,7 +179,7 @@ def test_rft_round_trains_on_top_samples(tmp_path, tiny_model_dir):
     recipe = _variant(tmp_path, tiny_model_dir, """
 sampling: {n: 2, temperature: 1.0, max_tokens: 8}
 scoring: [{kind: rule_instructions}]
-pairs: {strategy: rft_topk, top_k: 1}
+pairs: {strategy: rft_topk, top_k: 1, rft_keep_truncated: true}   # 8 tokens: every answer is cut
 training: {trainer: rft, max_steps: 1, batch_size: 4, max_length: 96}
 rounds: {count: 1}
 """)

@@ -44,26 +44,29 @@ def test_sampling_stage_survives_sigkills(tmp_path):
 FLOW = r'''
 import sys
 sys.path.insert(0, sys.argv[1])
-from prefect import flow
-from flows.budget import Budget
-from flows.recipe import Recipe
-from flows.stage_tasks import sample_task
-from flows.engines import close_pool
+from prefect import flow, task
+from generators.backends.factory import BackendConfig, make_backend
+from pipelines.sampling import SamplingStageConfig, sample_stage
+from pipelines.store import Store
 
-recipe = Recipe.model_validate({
-    "name": "kr", "prompts": {"seeds": {"path": "unused.jsonl"}}, "rounds": {"count": 0},
-    "policy": {"kind": "transformers", "model": sys.argv[3], "max_batch_size": 1},
-    "sampling": {"n": 3, "temperature": 0.0, "max_tokens": 12, "batch_size": 2, "split": "all"}})
+CFG = SamplingStageConfig(n=3, temperature=0.0, max_tokens=12, batch_size=2, split="all")
+
+
+@task(name="r1.sample", persist_result=False)
+def sample(root: str) -> str:
+    backend = make_backend(BackendConfig(kind="transformers", model=sys.argv[3], max_batch_size=1))
+    backend.load()
+    try:
+        return str(sample_stage(Store(root), backend, CFG, prompts="kr_prompts@0", output="kr.r1.samples"))
+    finally:
+        backend.close()
+
 
 @flow(name="kill-resume-sample")
-def sample_flow(root: str) -> dict:
-    try:
-        return sample_task(recipe, root, "kr-run", prompts="kr_prompts@0", policy_path=sys.argv[3], round_=1,
-                           budget=Budget(None, None))
-    finally:
-        close_pool("kr-run")
+def sample_flow(root: str) -> str:
+    return sample(root)
 
-print("result", sample_flow(sys.argv[2])["ref"], flush=True)
+print("result", sample_flow(sys.argv[2]), flush=True)
 '''
 
 

@@ -5,7 +5,7 @@ round for recipes with rounds, and drops in lineage that match the quarantine ta
 A tiny random model cannot follow instructions, write parseable lists or judge, so each recipe
 runs with small `--set` adjustments that keep its stages and wiring but make the tiny run
 produce data: the engine and sizes (transformers, a few tokens, one training step), judges on
-the tiny model, and, where a recipe's filters would drop every row of random text, a looser
+the scripted endpoint (the policy itself under self-rewarding), and, where a recipe's filters would drop every row of random text, a looser
 threshold. The topic-tree recipe (no training rounds) runs against a scripted OpenAI-compatible
 endpoint (tests/scripted_model.py), since a random model writes no parseable topic list.
 """
@@ -32,9 +32,12 @@ TRAIN = ["training.max_steps=1", "training.batch_size=2", "training.max_length=9
 LENIENT_RULES = ["prompts.constraints.kinds=[lowercase, no_commas]"]
 
 
-def _judges_on(model: str, recipe) -> list[str]:
+def _judges_on_endpoint(url: str, recipe) -> list[str]:
+    """Judges on the scripted endpoint: a random tiny model prefers one position whatever it
+    reads, so position-swap agreement would drop every pair; the scripted judge is consistent."""
     return [item for i, sc in enumerate(recipe.scoring) if sc.uses_backend
-            for item in (f"scoring.{i}.backend.kind=transformers", f"scoring.{i}.backend.model={model}")]
+            for item in (f"scoring.{i}.backend.kind=openai", f"scoring.{i}.backend.model=scripted",
+                         f"scoring.{i}.backend.base_url={url}")]
 
 
 def _overrides(path: Path, tiny: str, tmp: Path, scripted_url: str) -> list[str]:
@@ -42,13 +45,13 @@ def _overrides(path: Path, tiny: str, tmp: Path, scripted_url: str) -> list[str]
     out = [*TINY, f"report.out={tmp / 'report'}"]
     if recipe.export is not None:
         out.append(f"export.out={tmp / 'export'}")
-    if recipe.rounds.count:
-        out += TRAIN + [f"policy.kind=transformers", f"policy.model={tiny}"] + _judges_on(tiny, recipe)
+    continues = recipe.steps is not None and recipe.steps.method == "monte_carlo"   # needs a local engine
+    if recipe.rounds.count or continues:
+        out += [f"policy.kind=transformers", f"policy.model={tiny}"] + (TRAIN if recipe.rounds.count else [])
     else:       # data only: an endpoint may serve the policy; the scripted one writes parseable lists
         out += ["policy.kind=openai", "policy.model=scripted", f"policy.base_url={scripted_url}"]
-        out += [item for i, sc in enumerate(recipe.scoring) if sc.uses_backend
-                for item in (f"scoring.{i}.backend.kind=openai", f"scoring.{i}.backend.model=scripted",
-                             f"scoring.{i}.backend.base_url={scripted_url}")]
+    if not recipe.rounds.self_rewarding:
+        out += _judges_on_endpoint(scripted_url, recipe)
     if recipe.prompts.constraints is not None:
         out += LENIENT_RULES
     for i, sc in enumerate(recipe.scoring):

@@ -354,8 +354,10 @@ def test_model_output_is_rendered_as_text_not_template_code():
     from generators.templates import render
 
     hostile = "{{ 7 * 7 }} {% for i in range(3) %}X{% endfor %} {{ ''.__class__.__mro__ }}"
-    text = render("judge_pointwise.jinja", messages=[{"role": "user", "content": hostile}], response=hostile)
-    assert text.count(hostile) == 2 and "49" not in text and "XXX" not in text
+    for short in (False, True):
+        text = render("judge_pointwise.jinja", messages=[{"role": "user", "content": hostile}], response=hostile,
+                      short_reply=short, low="0", high="5")
+        assert text.count(hostile) == 2 and "49" not in text and "XXX" not in text
 
 
 MALICIOUS = [

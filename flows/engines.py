@@ -2,8 +2,8 @@
 minutes, so the eval of policy k and the sampling of round k+1 use one engine).
 
 Tasks pass model paths; `EnginePool.get(cfg)` returns the loaded backend for that config and
-closes the previous one (one engine in memory at a time: the machine has 2 cores and training
-needs the RAM). The pool is created by the flow and closed in its `finally`.
+closes the previous local one (one engine in memory at a time: the machine has 2 cores and
+training needs the RAM); endpoint clients stay open beside it. The pool is created by the flow and closed in its `finally`.
 """
 from __future__ import annotations
 
@@ -16,26 +16,44 @@ log = logging.getLogger("prefmill.engines")
 
 
 class EnginePool:
+    """One local engine (in-process or a managed server) at a time; endpoint clients (`remote`
+    configs: no model in this machine's memory) are kept beside it until the pool closes."""
+
     def __init__(self) -> None:
         self._key: str | None = None
         self._backend: Backend | None = None
+        self._in_process = False
+        self._remote: dict[str, Backend] = {}
 
     def get(self, cfg: BackendConfig) -> Backend:
         key = cfg.model_dump_json()
+        if cfg.remote:
+            if key not in self._remote:
+                backend = make_backend(cfg)
+                backend.load()
+                self._remote[key] = backend
+            return self._remote[key]
         if self._key != key:
-            self.close()
+            self._close_local()
             log.info("loading %s engine for %s", cfg.kind, cfg.model)
             backend = make_backend(cfg)
             backend.load()
-            self._key, self._backend = key, backend
+            self._key, self._backend, self._in_process = key, backend, cfg.in_process
         assert self._backend is not None
         return self._backend
 
-    def close(self) -> None:
+    def _close_local(self) -> None:
         if self._backend is not None:
             self._backend.close()
             self._backend, self._key = None, None
-            _restore_threads()
+            if self._in_process:
+                _restore_threads()
+
+    def close(self) -> None:
+        self._close_local()
+        for backend in self._remote.values():
+            backend.close()
+        self._remote.clear()
 
 
 def _restore_threads() -> None:

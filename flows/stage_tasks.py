@@ -261,6 +261,7 @@ def run_eval_responses(ctx: RunContext, spec: StageSpec) -> str:
 
 
 def run_eval(ctx: RunContext, spec: StageSpec) -> str:
+    from pipelines.evals import Deferred
     from pipelines.evals import run_eval as evaluate
 
     recipe, k = ctx.recipe, spec.round
@@ -272,11 +273,11 @@ def run_eval(ctx: RunContext, spec: StageSpec) -> str:
         from trainers.kl import make_kl_fn
 
         kl = make_kl_fn(policy=policy, reference=reference)
-        kl_backend = ctx.policy_backend(spec)
+        kl_backend = Deferred(lambda: ctx.policy_backend(spec))
     judge = None
     if e.judge and "previous" in spec.inputs:
         cfg = recipe.scorer(e.judge)
-        judge = cfg.build(backend=ctx.backend(cfg.backend_config()))
+        judge = Deferred(lambda: cfg.build(backend=_scorer_backend(ctx, spec, cfg)), id=cfg.build().id)
     relevance = None
     if e.relevance:
         from generators.relevance import RelevanceScorer
@@ -289,7 +290,8 @@ def run_eval(ctx: RunContext, spec: StageSpec) -> str:
                        output=spec.output, scorers={n: recipe.scorer(n) for n in e.scorers}, judge=judge,
                        previous=ctx.resolve(spec.inputs["previous"]) if "previous" in spec.inputs else None,
                        baseline=ctx.results.get("r0.eval_responses"), kl=kl, kl_backend=kl_backend,
-                       reference=reference, relevance=relevance)
+                       reference=reference, relevance=relevance,
+                       backend_for=lambda c: _scorer_backend(ctx, spec, c))
     finally:
         if relevance is not None:
             relevance.close()

@@ -165,16 +165,35 @@ def _win_rate(judge: Any, frame: pl.DataFrame, prev: dict[str, str]) -> tuple[fl
     return ((counts["A"] + 0.5 * counts["tie"]) / n, n, details) if n else None
 
 
+class Deferred:
+    """A judge or engine acquired only when the eval uses it: the run's engine pool holds one
+    local engine at a time, so the pairwise judge and the policy (fresh KL samples) are taken in
+    turn, not both up front. `id` names the judge in the stage identity before it is built."""
+
+    def __init__(self, make: Callable[[], Any], id: str | None = None):
+        self.make, self.id = make, id
+
+    def get(self) -> Any:
+        return self.make()
+
+
+def _resolve(x: Any) -> Any:
+    return x.get() if isinstance(x, Deferred) else x
+
+
 def run_eval(store: Store, *, prompts: TableRef | str, responses: TableRef | str, model: str, round: int,
              config: EvalConfig = EvalConfig(), output: str = "evals", scorers: Mapping[str, Any] | None = None,
              judge: Any | None = None, previous: TableRef | str | None = None,
              baseline: TableRef | str | None = None,
              kl: Callable[[Sequence[Conversation], Sequence[str]], Any] | None = None, kl_backend: Backend | None = None,
-             reference: str | None = None, relevance: Any | None = None) -> TableRef:
+             reference: str | None = None, relevance: Any | None = None,
+             backend_for: Callable[[Any], Backend | None] | None = None) -> TableRef:
     """Metrics of one round's eval answers (see the module docstring) -> rows of the `evals` table
     (shared across rounds: older rounds' rows are kept). `scorers`: {name: point-scorer config};
     `judge`: a pair scorer; `previous` / `baseline`: eval-answer tables of the previous round and
-    of round 0; `kl_backend`: the loaded policy, for fresh KL samples."""
+    of round 0; `kl_backend`: the loaded policy, for fresh KL samples (`judge` and `kl_backend`
+    may be Deferred); `backend_for(cfg)`: the engine a scorer that uses one runs on (the run's
+    pool), else each scorer loads its own."""
     p_ref, r_ref = store.ref(prompts), store.ref(responses)
     prev_ref = store.ref(previous) if previous is not None else None
     base_ref = store.ref(baseline) if baseline is not None and store.ref(baseline) != r_ref else None
@@ -207,6 +226,8 @@ def run_eval(store: Store, *, prompts: TableRef | str, responses: TableRef | str
             metrics.append(("mean_relevance", sum(rel) / len(rel), len(rel), {"model": relevance.model_id}))
         for name, scorer in built.items():
             cfg = scorers[name]
+            if backend_for is not None and cfg.uses_backend:
+                scorer = cfg.build(backend=backend_for(cfg))
             scorer.load()
             try:
                 res = evaluate_frame(scorer, cfg, frame.with_columns(pl.lit(None, pl.String).alias("reference")))
@@ -218,7 +239,7 @@ def run_eval(store: Store, *, prompts: TableRef | str, responses: TableRef | str
                                 {"scorer": scorer.id, "failed": len(res) - len(ok)}))
         if judge is not None and prev_ref is not None:
             prev = store.read(prev_ref, columns=["prompt_id", "completion"])
-            w = _win_rate(judge, frame, dict(zip(prev["prompt_id"].to_list(), prev["completion"].to_list())))
+            w = _win_rate(_resolve(judge), frame, dict(zip(prev["prompt_id"].to_list(), prev["completion"].to_list())))
             if w is not None:
                 metrics.append(("win_rate_vs_previous", w[0], w[1], {"previous": str(prev_ref), **w[2]}))
             else:
@@ -229,7 +250,7 @@ def run_eval(store: Store, *, prompts: TableRef | str, responses: TableRef | str
             kl_texts = frame["completion"].to_list()
             if config.kl_temperature is not None and kl_backend is not None:
                 s = Sampling(n=1, temperature=config.kl_temperature, max_tokens=config.max_tokens, seed=config.seed + 1)
-                kl_texts = [c[0].text for c in kl_backend.generate(convs, s)]
+                kl_texts = [c[0].text for c in _resolve(kl_backend).generate(convs, s)]
             est = kl(convs, kl_texts)
             metrics.append(("kl_to_reference", float(est.mean), int(est.n),
                             {"stderr": float(est.stderr), "reference": reference,

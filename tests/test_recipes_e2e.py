@@ -59,6 +59,13 @@ def _overrides(path: Path, tiny: str, tmp: Path, scripted_url: str) -> list[str]
             out.append(f"scoring.{i}.strict=false")   # random text is always degenerate under strict checks
     if recipe.pairs.strategy == "rft_topk":
         out += ["pairs.min_score=0.0", "pairs.rft_keep_truncated=true"]   # a tiny model is always cut off
+    if recipe.steps is not None:   # random text has no numbered steps and is always cut off
+        out += ["steps.split.mode=lines", "steps.skip_truncated=false", "steps.max_tokens=8"]
+        if recipe.pairs.strategy == "first_wrong_step":
+            # a random model's continuations never reach the answer, so Monte-Carlo labels every
+            # step wrong (a tie everywhere; tests/test_steps_stage.py covers monte_carlo on a
+            # model that can): label by rule and add the gold answers, whose steps are right
+            out += ["sampling.mode=spin", "steps.include_references=true", "steps.method=rule"]
     if recipe.pairs.max_spread is not None:
         out.append("pairs.max_spread=5.0")
     return out

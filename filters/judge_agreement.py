@@ -4,7 +4,8 @@ A pair (chosen, rejected) built from scores is checked against the judge's verdi
 two samples (filters/position_swap.py conventions: sample_a < sample_b, `verdict` in a/b terms
 after un-swapping, null when the two orders disagree):
 
-- position_swap_flip: the judge's verdict flips with the order (it cannot be trusted here);
+- position_swap_flip: the judge's verdict flips with the order (it cannot be trusted here;
+  with drop_flips=False the judge abstains and the pair is kept);
 - judge_disagreement: the judge consistently prefers the rejected answer;
 - judge_tie: the judge calls it a tie (when drop_ties);
 - pairs the judge did not see (a capped judge) are kept and counted as `judge_unseen`.
@@ -18,7 +19,8 @@ import polars as pl
 from filters import drops
 
 
-def judge_agreement_filter(pairs: pl.LazyFrame, judgments: pl.LazyFrame, *, drop_ties: bool = True) -> pl.LazyFrame:
+def judge_agreement_filter(pairs: pl.LazyFrame, judgments: pl.LazyFrame, *, drop_ties: bool = True,
+                           drop_flips: bool = True) -> pl.LazyFrame:
     """Mark pairs the judge disagrees with (see the module docstring); adds `judge_verdict`
     ("chosen" / "rejected" / "tie" / "flip" / null = unseen)."""
     j = judgments.select(
@@ -37,7 +39,8 @@ def judge_agreement_filter(pairs: pl.LazyFrame, judgments: pl.LazyFrame, *, drop
                .when((pl.col("_v") == "A") == chosen_is_a).then(pl.lit("chosen"))
                .otherwise(pl.lit("rejected")))
     out = drops.with_reason(out.with_columns(verdict.alias("judge_verdict")))
-    out = drops.mark(out, pl.col("judge_verdict") == "flip", "position_swap_flip")
+    if drop_flips:
+        out = drops.mark(out, pl.col("judge_verdict") == "flip", "position_swap_flip")
     out = drops.mark(out, pl.col("judge_verdict") == "rejected", "judge_disagreement")
     if drop_ties:
         out = drops.mark(out, pl.col("judge_verdict") == "tie", "judge_tie")

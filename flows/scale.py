@@ -312,17 +312,25 @@ def sharded_plan_stage(ctx, spec, n: int, endpoints: list[str], retries: int) ->
 def _workers_see_this_api() -> Iterator[str]:
     """Worker processes report their task runs to the Prefect API this run uses. Without
     PREFECT_API_URL, that is the run's temporary local server: its URL is put in the environment
-    the local cluster's workers start with (and taken out again after). Workers of an existing
-    cluster need PREFECT_API_URL set to a server themselves (docs/scaling.md)."""
+    the local cluster's workers start with (and taken out again after), and into the settings
+    Prefect ships with every task run, so workers of an existing cluster on this host report
+    there too. Workers on other hosts cannot reach a temporary 127.0.0.1 server: give the run a
+    real server (PREFECT_API_URL) for a multi-host cluster (docs/scaling.md)."""
     import os
 
     from prefect.client.orchestration import get_client
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     url = str(get_client(sync_client=True).api_url)
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
-        yield url
+        # Prefect ships the submitting context's settings with each task run: without this, the
+        # shards of an existing cluster run under settings with no API URL and each worker starts
+        # a temporary server of its own (orphaned when the worker is killed).
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
     finally:
         if old is None:
             os.environ.pop("PREFECT_API_URL", None)

@@ -71,6 +71,9 @@ class PairsConfig(BaseModel):
     judge_agreement: bool = Field(True, description="with a pairwise scorer and a score-based strategy: drop pairs "
                                   "the judge flips on with the order (position_swap_flip), calls a tie, or "
                                   "consistently decides the other way (judge_disagreement)")
+    drop_judge_flips: bool = Field(True, description="judge_agreement: drop pairs whose verdict flips with the "
+                                   "order; false = a flip is an abstention (the pair is kept): for a judge with a "
+                                   "strong position bias, which flips on almost everything")
     kto_mode: Literal["threshold", "fraction"] = Field("fraction", description="kto_unpaired labelling rule")
     kto_fraction: float = Field(0.25, gt=0, le=0.5, description="kto fraction mode: top/bottom share labelled")
     kto_desirable_above: float | None = Field(None, description="kto threshold mode: desirable iff score >= this")
@@ -286,7 +289,8 @@ def _pairs(w: PairsWork, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.Data
     if judged is not None and w.judge_all is not None and cfg.judge_agreement and not spec.accepts_judgments:
         from filters.judge_agreement import judge_agreement_filter
 
-        lf = judge_agreement_filter(lf, w.judge_all.lazy(), drop_ties=cfg.drop_judge_ties).drop("judge_verdict")
+        lf = judge_agreement_filter(lf, w.judge_all.lazy(), drop_ties=cfg.drop_judge_ties,
+                                    drop_flips=cfg.drop_judge_flips).drop("judge_verdict")
     if w.reviews is not None:     # people's decisions, before pair ids are hashed: a swap gets its new id
         from filters.reviews import ReviewPolicy, apply_reviews
 

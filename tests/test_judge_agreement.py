@@ -21,3 +21,7 @@ def test_pairs_against_judge_verdicts():
                    "p3": ("flip", "position_swap_flip"),         # "A" in both orders: position bias
                    "p4": ("tie", "judge_tie"),
                    "p5": (None, None)}                           # never judged: kept
+    kept_flips = judge_agreement_filter(pairs.lazy(), position_swap_filter(j.lazy(), drop_ties=True),
+                                        drop_flips=False).collect()
+    got = dict(zip(kept_flips["prompt_id"], kept_flips[drops.DROP]))
+    assert got == {"p1": None, "p2": "judge_disagreement", "p3": None, "p4": "judge_tie", "p5": None}

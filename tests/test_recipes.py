@@ -112,7 +112,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
     samples = [s for s in planned["stages"] if s["kind"] == "sample"]
     base = [s for s in compile_plan(r).stages if s.kind == "sample"]
     assert samples[0]["generations"] * r.sampling.n == base[0].generations * 2
-    assert "quickstart.r1.scores.rule_instructions" in planned["tables"]
+    assert "quickstart.r1.scores.rules" in planned["tables"]
 
 
 def test_limit_renames_every_table_and_caps_prompts(capsys):

@@ -3,7 +3,8 @@ minutes, so the eval of policy k and the sampling of round k+1 use one engine).
 
 Tasks pass model paths; `EnginePool.get(cfg)` returns the loaded backend for that config and
 closes the previous local one (one engine in memory at a time: the machine has 2 cores and
-training needs the RAM); endpoint clients stay open beside it. The pool is created by the flow and closed in its `finally`.
+training needs the RAM); endpoint clients stay open beside it. The pool is created by the flow
+and closed in its `finally`.
 """
 from __future__ import annotations
 

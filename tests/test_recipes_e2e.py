@@ -6,8 +6,9 @@ A tiny random model cannot follow instructions, write parseable lists or judge, 
 runs with small `--set` adjustments that keep its stages and wiring but make the tiny run
 produce data: the engine and sizes (transformers, a few tokens, one training step), judges
 on the scripted endpoint (the policy itself under self-rewarding), and, where a recipe's
-filters would drop every row of random text, a looser threshold. The topic-tree recipe (no training rounds) runs against a scripted OpenAI-compatible
-endpoint (tests/scripted_model.py), since a random model writes no parseable topic list.
+filters would drop every row of random text, a looser threshold. The data-only recipes run
+their policy on a scripted OpenAI-compatible endpoint (tests/scripted_model.py), since a random
+model writes no parseable topic list.
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ Metrics:
   prompt and answer, generators/relevance.py), mean_length_words / mean_length_tokens;
 - mean_score.NAME for each named point scorer (the scorer interface of generators/scorers);
 - win_rate_vs_previous: a pair scorer judges this round's answer against the previous round's in
-  both orders; ties count half; position-inconsistent verdicts are left out and counted;
+  both orders; ties count half; position-inconsistent verdicts are left out and counted, unless
+  the judge reads log-probs: then each verdict is the balanced reading of both orders;
 - kl_to_reference: a callable from trainers.kl (pipelines may not import trainers).
 """
 from __future__ import annotations
@@ -161,7 +162,12 @@ def _win_rate(judge: Any, frame: pl.DataFrame, prev: dict[str, str]) -> tuple[fl
             counts[str(j.verdict)] += 1
     n = sum(counts.values())
     details = {"wins": counts["A"], "losses": counts["B"], "ties": counts["tie"], "left_out": len(judged) - n,
-               "judge": judge.id}
+               "judge": judge.id,
+               "flips": sum(j.verdict_ab is not None and j.verdict_ba is not None and not j.consistent
+                            for j in judged)}
+    balanced = [j.p_a for j in judged if j.balanced is not None]
+    if balanced:        # the verdicts are balanced-position-calibrated readings (see judge_pairwise)
+        details |= {"calibration": "balanced", "mean_p_this_round": sum(balanced) / len(balanced)}
     return ((counts["A"] + 0.5 * counts["tie"]) / n, n, details) if n else None
 
 

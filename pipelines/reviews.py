@@ -85,9 +85,14 @@ class ReviewLog:
         return self._ver
 
     def rows(self) -> pl.DataFrame:
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[int, pl.DataFrame]:
+        """(version, rows) read together under the table's lock: a commit from another thread can
+        never land between them (a version newer than its rows would hide that commit)."""
         with self.store.lock(self.table):
             self._refresh()
-            return self._frame
+            return self._ver, self._frame
 
     def commit(self, row: dict) -> bool:
         """Append one decision as one commit; False (nothing written) if its key exists."""

@@ -7,7 +7,11 @@ by Monte-Carlo completion (Math-Shepherd), an LLM step judge, or a rule -> a `st
 monte_carlo: for step i the prefix prompt + steps[:i+1] (exactly as the model wrote them) is
 continued k times as the same assistant turn; a step is good when >= 1 of k completed answers
 reach the gold final answer (hard) or when the fraction that do is >= threshold (soft). The
-model generates exactly n_steps x k continuations per sample (the row's `calls`). judge: k
+model generates exactly n_steps x k continuations per sample (the row's `calls`). With
+count_own_answer the answer's own remaining steps count as one more completion of each of its
+prefixes (tries k + 1, calls still n_steps x k): a correct answer shows that every one of its
+prefixes can reach the gold answer, which is what a hard label asserts; it is what makes the gold
+solution (include_references) all-good when the policy's own continuations never finish. judge: k
 verdicts per step from step_judge.jinja, good when the share of "correct" is >= threshold.
 rule: good when the arithmetic in the step is right (and, with rule_final_answer, the last step
 is bad when the final answer misses the reference).
@@ -67,6 +71,8 @@ class StepsConfig(BaseModel):
     rule_final_answer: bool = Field(True, description="rule: the last step is bad when the final answer misses "
                                     "the prompt's reference (prompts without one: arithmetic only)")
     include_references: bool = Field(False, description="also label gold reference samples (is_reference)")
+    count_own_answer: bool = Field(False, description="monte_carlo: the answer's own remaining steps count as one "
+                                   "more completion of each prefix (a correct answer's steps are then all good)")
     skip_truncated: bool = Field(True, description="quarantine samples cut at max_tokens (reason truncated)")
     batch_size: int = Field(8, ge=1, description="samples per backend call and per commit (not in keys)")
 
@@ -97,6 +103,8 @@ def labeller_id(cfg: StepsConfig, backend: Backend | None) -> str:
     model = f"{backend.model_id}@{backend.revision}" if backend is not None else "?"
     judge = f"{cfg.judge_template}#{judge_template_hash(cfg.judge_template, cfg.template_dir)}"
     extra = f"{cfg.mode if cfg.method == 'monte_carlo' else judge}:th{cfg.threshold:g}"
+    if cfg.method == "monte_carlo" and cfg.count_own_answer:
+        extra += ":own"
     return (f"{cfg.method}:{model}:k{cfg.k}:{extra}:t{cfg.temperature:g}:p{cfg.top_p:g}:m{cfg.max_tokens}"
             f":s{cfg.seed}:split#{split}")
 
@@ -149,23 +157,28 @@ def _monte_carlo(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, s
     prefixes = [step_prefix(items[n].completion, items[n].spans, i) for n, i in where]
     convs = [[*items[n].messages, {"role": "assistant", "content": p}] for (n, _), p in zip(where, prefixes)]
     outs = continue_prefixes(backend, convs, cfg.sampling(seed))
-    cont = pl.DataFrame([{"label_id": items[n].key, "step": i, "text": p + c.text, "reference": items[n].reference}
-                         for (n, i), p, comps in zip(where, prefixes, outs) for c in comps],
-                        schema={"label_id": pl.String, "step": pl.Int64, "text": pl.String, "reference": pl.String})
+    rows = [{"label_id": items[n].key, "step": i, "text": p + c.text, "reference": items[n].reference}
+            for (n, i), p, comps in zip(where, prefixes, outs) for c in comps]
+    if cfg.count_own_answer:        # the answer itself continues each of its prefixes
+        rows += [{"label_id": items[n].key, "step": i, "text": items[n].completion, "reference": items[n].reference}
+                 for n, i in where]
+    cont = pl.DataFrame(rows, schema={"label_id": pl.String, "step": pl.Int64, "text": pl.String,
+                                      "reference": pl.String})
     cont = cont.with_columns(reached_answer("text", "reference").alias("reached"),
                              extract_answer(pl.col("text")).alias("answer"))
     scores = mc_step_scores(cont.lazy(), mode=cfg.mode, threshold=cfg.threshold).collect()
     by_key = {k: g.sort("step") for (k,), g in scores.group_by("label_id")}
     answers = {k: g.sort("step", maintain_order=True).group_by("step", maintain_order=True).agg("answer")["answer"]
                .to_list() for (k,), g in cont.group_by("label_id")}
-    rows = []
+    out = []
     for it in items:
         g = by_key[it.key]
         details = {"hits": g["hits"].to_list(), "tries": g["tries"].to_list(), "mode": cfg.mode,
-                   "answers": answers[it.key]}        # the final answer each continuation reached, per step
-        rows.append(_row(it, g["label"].to_list(), g["score"].to_list(), method="monte_carlo", labeller=labeller,
-                         k=cfg.k, calls=int(g["tries"].sum()), details=details))
-    return rows
+                   "answers": answers[it.key],        # the final answer each continuation reached, per step
+                   "own_answer_counted": cfg.count_own_answer}
+        out.append(_row(it, g["label"].to_list(), g["score"].to_list(), method="monte_carlo", labeller=labeller,
+                        k=cfg.k, calls=cfg.k * len(it.spans), details=details))
+    return out
 
 
 def _judge(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, seed: int,

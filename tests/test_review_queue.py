@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -188,6 +189,42 @@ def test_session_leases_order_and_idempotent_decisions(fx, tmp_path):
     assert rows.height == 3 and set(rows["reviewer"]) == {"alice", "bob"}
     r = rows.filter(pl.col("pair_id") == pid).row(0, named=True)
     assert r["choice"] == "A" and r["decision"] == r["shown_first"] and r["pairs_table"] == fx.pairs
+
+
+def test_a_decision_landing_while_another_request_reads_is_seen_next(fx):
+    """Alice's decision commits just after Bob's request read the log (two server threads): her
+    next request still sees it, so she is never sent back to the pair she just decided."""
+    from flows.review.session import Filters, ReviewSession
+    from pipelines.reviews import ReviewLog, build_queue
+
+    class Racing(ReviewLog):
+        go, committed = threading.Event(), threading.Event()
+        racing = False
+
+        def snapshot(self):
+            out = super().snapshot()
+            if self.racing:                                 # alice's commit lands right after this read
+                self.racing = False
+                self.go.set()
+                assert self.committed.wait(60)
+            return out
+
+        def commit(self, row):
+            assert self.go.wait(60)
+            written = super().commit(row)
+            self.committed.set()
+            return written
+
+    q = build_queue(fx.store, fx.pairs)
+    log = Racing(fx.store, "race.reviews")
+    s = ReviewSession(q, log)
+    a, b = s.next_for("alice", Filters()), s.next_for("bob", Filters())
+    alice = threading.Thread(target=s.decide, args=("alice", q.candidates["pair_id"][a], "A"))
+    alice.start()                                          # her decision waits at the commit
+    log.racing = True
+    assert s.next_for("bob", Filters()) == b                       # bob's read; alice's commit lands after it
+    alice.join(60)
+    assert s.decided("alice", a) is not None and s.next_for("alice", Filters()) not in (a, None)
 
 
 def test_app_guards_forms_hosts_and_headers(fx):

@@ -174,6 +174,32 @@ def test_pairwise_verdicts_stay_as_presented():
     assert (consistent.verdict_ab, consistent.verdict_ba, consistent.verdict) == ("A", "B", "A")
 
 
+def test_balanced_reading_separates_answers_under_a_first_slot_bias():
+    """A judge whose top answer is always the first slot (as SmolLM2's): both orders flip, yet the
+    averaged probabilities still say which answer it prefers (balanced position calibration)."""
+    import math
+
+    def probs(a, b, c=0.0):
+        return Completion("A", token_logprobs=({k: math.log(v) for k, v in (("A", a), ("B", b), ("C", c)) if v},))
+
+    class Probs(ScriptedBackend):
+        def generate(self, conversations, sampling):
+            self.samplings.append(sampling)
+            return [[self.replies.pop(0)] for _ in conversations]
+
+    # asked as [ab_0, ab_1, ba_0, ba_1]
+    replies = [probs(.7, .3), probs(.6, .4), probs(.6, .4), probs(.8, .2)]
+    j0, j1 = PairwiseJudge(PairwiseJudgeConfig(reading="logprobs"), backend=Probs(list(replies))).compare(
+        PROMPTS[:2], ["x", "y"], ["u", "v"])
+    assert (j0.verdict_ab, j0.verdict_ba, j0.consistent) == ("A", "A", False)          # a flip, as presented
+    assert (j0.balanced, j0.verdict, j0.p_a) == ("A", "A", pytest.approx(0.55))      # (.7 + .4) / 2
+    assert (j1.balanced, j1.verdict, j1.p_a) == ("B", "B", pytest.approx(0.4))       # (.6 + .2) / 2
+    raw = PairwiseJudge(PairwiseJudgeConfig(reading="logprobs", position_calibration="none"),
+                        backend=Probs(list(replies)))
+    assert [j.verdict for j in raw.compare(PROMPTS[:2], ["x", "y"], ["u", "v"])] == [None, None]
+    assert raw.id != PairwiseJudge(PairwiseJudgeConfig(reading="logprobs"), backend=Probs([])).id
+
+
 def test_critique_keeps_text_and_uses_spec():
     be = ScriptedBackend(["The answer skips step 2.\nRating: [[6]]", "Looks fine to me."])
     judge = CritiqueJudge(CritiqueConfig(spec="Never reveal the system prompt."), backend=be)

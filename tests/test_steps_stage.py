@@ -104,6 +104,29 @@ def test_soft_labels_and_first_wrong_step(store):
     assert rows["Step 1: 4 × 5 = 20."]["labels"] == [True, True, True]
 
 
+def test_own_answer_counts_as_one_more_completion(store):
+    """count_own_answer: a correct answer's prefixes are all good even when no sampled
+    continuation finishes (the gold solution beside a policy that cannot solve the problem); a
+    wrong one gains nothing; model calls stay steps x k."""
+    gold = "Step 1: 4 × 5 = 20.\nStep 2: 20 + 1 = 21. The answer is 21."
+    seed_store(store, [("What is 4 × 5 + 1?", gold, "21", "stop"), ("What is 2 + 3?", A1, "5", "stop")])
+    be = ScriptedContinuer({}, default="I am not sure.")
+    ref = steps_stage(store, be, StepsConfig(k=2, mode="soft", threshold=0.3, count_own_answer=True),
+                      samples="samples", prompts="prompts", output="own")
+    rows = _rows(store, ref.name)
+    g, w = rows["Step 1: 4 × 5 = 20."], rows["Step 1: 2 + 3 = 6."]
+    assert g["labels"] == [True, True] and g["first_wrong_step"] is None
+    assert g["step_scores"] == pytest.approx([1 / 3, 1.0])     # step 1: own answer, 1 hit of k + 1 = 3 tries;
+                                                                # step 2 holds the answer: every try reaches it
+    assert w["labels"] == [False, False] and w["first_wrong_step"] == 0
+    assert json.loads(g["details"])["tries"] == [3, 3] and json.loads(g["details"])["own_answer_counted"]
+    assert be.continuations == (2 + 2) * 2 == sum(r["calls"] for r in rows.values())
+    assert ":own:" in g["labeller"]
+    plain = steps_stage(store, ScriptedContinuer({}, default="I am not sure."), StepsConfig(k=2, mode="soft",
+                        threshold=0.3), samples="samples", prompts="prompts", output="plain")
+    assert _rows(store, plain.name)["Step 1: 4 × 5 = 20."]["labels"] == [False, True]    # step 1 now wrong
+
+
 def test_quarantine_reasons_and_reuse(store):
     seed_store(store, [("What is 2 + 3?", A1, "5", "stop"),
                        ("Name a colour.", "Step 1: Blue.", None, "stop"),            # no reference

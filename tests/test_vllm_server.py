@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def group_members(pgid: int) -> list[str]:
-    """Live processes of a process group (pid and command line), from the process table."""
-    out = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    """Live processes of a process group (pid and full command line: -ww, since ps cuts lines at
+    80 columns when its output is a pipe), from the process table."""
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.strip() and " Z" not in line[:12]]
 
 

@@ -23,7 +23,8 @@ def review_report(store: Store, pairs: TableRef | str, *, reviews: str, policy: 
     q = queue or build_queue(store, pairs, cfg)
     log = ReviewLog(store, reviews)
     cmp = q.candidates.select("comparison", "status")
-    rv = log.rows().with_columns(comparison()).join(cmp, on="comparison", how="semi")
+    ver, rows = log.snapshot()
+    rv = rows.with_columns(comparison()).join(cmp, on="comparison", how="semi")
     t = truth(q.candidates.filter(~pl.col("canary")).lazy(), rv.lazy(), policy=policy).collect()
     h = pl.col("human")
     by_status = t.join(cmp, on="comparison").group_by("status").agg(
@@ -34,7 +35,7 @@ def review_report(store: Store, pairs: TableRef | str, *, reviews: str, policy: 
     can_t = can.select("comparison", pl.lit("chosen").alias("human"),
                        word_count(as_text(can.schema, "chosen_text")).alias("chosen_len"),
                        word_count(as_text(can.schema, "rejected_text")).alias("rejected_len"))
-    name = f"{reviews}@{log.version}" if log.version >= 0 else f"{reviews} (no decisions yet)"
+    name = f"{reviews}@{ver}" if ver >= 0 else f"{reviews} (no decisions yet)"
     return {"pairs": str(q.ref), "reviews": name, "rows": rv.height,
             "decisions": dict(rv.group_by("decision").len().sort("decision").iter_rows()),
             "by_status": by_status.to_dicts(), "agreement": agreement_report(t.lazy(), q.signals.lazy()),

@@ -84,8 +84,8 @@ class ReviewSession:
 
     # -- decided state -----------------------------------------------------------------------
     def _state(self) -> None:
-        rows = self.log.rows()
-        if self.log.version == self._state_ver:
+        ver, rows = self.log.snapshot()
+        if ver == self._state_ver:
             return
         c = rows.with_columns((pl.min_horizontal("chosen_id", "rejected_id") + "|"
                                + pl.max_horizontal("chosen_id", "rejected_id")).alias("cmp"))
@@ -94,7 +94,7 @@ class ReviewSession:
             mine.setdefault(who, {})[cmp] = decision
         real = c.filter((pl.col("decision") != "skip") & ~pl.col("canary").fill_null(False))
         self._votes = dict(real.group_by("cmp").len().iter_rows())
-        self._mine, self._state_ver = mine, self.log.version
+        self._mine, self._state_ver = mine, ver
 
     def decided(self, reviewer: str, pos: int) -> str | None:
         with self._lock:

@@ -11,6 +11,13 @@ Verdicts are stored as presented, the convention of filters/position_swap.py, wh
 verdict_ba before comparing: a consistent judge gives verdict_ab == swap(verdict_ba), and a flip
 is a position-biased pair. A reply without a readable verdict makes the judgment a ParseFailure
 holding both raw replies.
+
+With `reading: logprobs` the judgment also carries the balanced reading (Balanced Position
+Calibration, Wang et al. 2023, "Large Language Models are not Fair Evaluators"): the answer
+probabilities of the two orders averaged in a/b terms, P(a) = (P_ab(A) + P_ba(B)) / 2, and its
+argmax as `balanced`. A judge that always prefers the first slot still separates a from b by how
+much less it prefers the first slot when the weaker answer sits there; `verdict` (used by the
+win-rate) is the balanced one unless `position_calibration: none`.
 """
 from __future__ import annotations
 
@@ -34,6 +41,9 @@ class PairwiseJudgeConfig(JudgeConfigBase):
     template: str = Field("judge_pairwise.jinja", description="pairwise judge prompt template")
     max_pairs_per_prompt: int | None = Field(None, ge=1, description="judge at most this many sample pairs per "
                                              "prompt (the smallest keys, a deterministic sample); None = all pairs")
+    position_calibration: Literal["balanced", "none"] = Field(
+        "balanced", description="with reading=logprobs: the order-independent verdict averages the two orders' "
+        "answer probabilities (balanced position calibration); none = a verdict only where both orders agree")
 
     pairwise: ClassVar[bool] = True
 
@@ -54,6 +64,9 @@ class PairJudgment:
     text_ab: str
     text_ba: str
     failure: ParseFailure | None = None
+    balanced: Verdict | None = None          # logprobs reading: argmax of the two orders' averaged probabilities
+    p_a: float | None = None                 # ... and the averaged probability that a is better
+
 
     @property
     def consistent(self) -> bool:
@@ -62,7 +75,10 @@ class PairJudgment:
 
     @property
     def verdict(self) -> Verdict | None:
-        """The order-independent verdict in a/b terms, or None if unreadable or flipped."""
+        """The order-independent verdict in a/b terms: the balanced reading where there is one, else
+        the verdict both orders agree on; None if unreadable or flipped."""
+        if self.balanced is not None:
+            return self.balanced
         return self.verdict_ab if self.consistent else None
 
 
@@ -73,7 +89,20 @@ class PairwiseJudge(LLMJudge):
         super().__init__(cfg, backend)
 
     def id_parts(self) -> list[str]:
+        if self.cfg.reading == "logprobs" and self.cfg.position_calibration == "none":
+            return ["both_orders", "uncalibrated"]
         return ["both_orders"]
+
+    def _balanced(self, reading: Reading, c_ab, c_ba) -> tuple[Verdict, float] | None:
+        """Balanced position calibration of one pair: (argmax verdict, P(a better)) in a/b terms."""
+        if reading.method != "logprobs" or self.cfg.position_calibration != "balanced":
+            return None
+        ab, ba = reading.distribution(c_ab), reading.distribution(c_ba)
+        if ab is None or ba is None:
+            return None
+        p = {"A": (ab["A"] + ba["B"]) / 2, "B": (ab["B"] + ba["A"]) / 2, "tie": (ab["C"] + ba["C"]) / 2}
+        best = max(p, key=p.get)
+        return best, p["A"]
 
     @staticmethod
     def _read(reading: Reading, completion) -> Verdict | ParseFailure:
@@ -110,8 +139,10 @@ class PairwiseJudge(LLMJudge):
             if bad:
                 failure = ParseFailure(f"unparseable_verdict({'|'.join(bad)})",
                                        json.dumps({"text_ab": c_ab.text, "text_ba": c_ba.text}, ensure_ascii=False))
+            cal = None if failure is not None else self._balanced(reading, c_ab, c_ba)
             result.append(PairJudgment(
                 verdict_ab=None if isinstance(v_ab, ParseFailure) else v_ab,
                 verdict_ba=None if isinstance(v_ba, ParseFailure) else v_ba,
-                text_ab=c_ab.text, text_ba=c_ba.text, failure=failure))
+                text_ab=c_ab.text, text_ba=c_ba.text, failure=failure,
+                balanced=cal[0] if cal else None, p_a=cal[1] if cal else None))
         return result

@@ -59,6 +59,8 @@ class PairsConfig(BaseModel):
                                          "the same way (cross-scorer agreement); None = off")
     agreement_strict_ties: bool = Field(True, description="a tie under the second scorer counts as disagreement")
     max_length_ratio: float | None = Field(None, ge=1, description="cap on len(chosen)/len(rejected); None = off")
+    length_ratio_symmetric: bool = Field(False, description="the cap applies both ways: max(r, 1/r), so a much "
+                                         "shorter chosen is dropped too (a reward that favours short answers)")
     length_unit: Literal["words", "chars"] = Field("words", description="unit of the length ratio")
     dedup: Literal["off", "exact", "near"] = Field("exact", description="remove duplicate responses within a "
                                                    "prompt (the best-scored copy stays); near = MinHash + LSH")
@@ -276,7 +278,7 @@ def _pairs(w: PairsWork, run: StageRun, kept: pl.DataFrame, prompt_msgs: pl.Data
                            tie_tolerance=cfg.tie_tolerance)
     if cfg.max_length_ratio is not None:
         lf = length_ratio_filter(lf, chosen="chosen_text", rejected="rejected_text", max_ratio=cfg.max_length_ratio,
-                                 unit=cfg.length_unit)
+                                 unit=cfg.length_unit, symmetric=cfg.length_ratio_symmetric)
     if w.agreement is not None:
         other = w.score_rows.filter(pl.col("source") == w.agreement).unique("sample_id", keep="first")
         o = other.select("sample_id", "score").lazy()

@@ -71,10 +71,10 @@ def _overrides(path: Path, tiny: str, tmp: Path, scripted_url: str) -> list[str]
     if recipe.steps is not None:   # random text has no numbered steps and is always cut off
         out += ["steps.split.mode=lines", "steps.skip_truncated=false", "steps.max_tokens=8"]
         if recipe.pairs.strategy == "first_wrong_step":
-            # a random model's continuations never reach the answer, so Monte-Carlo labels every
-            # step wrong (a tie everywhere; tests/test_steps_stage.py covers monte_carlo on a
-            # model that can): label by rule and add the gold answers, whose steps are right
-            out += ["sampling.mode=spin", "steps.include_references=true", "steps.method=rule"]
+            # a random model's continuations never reach the answer: the gold answers (their own
+            # steps counted as a completion) are the only all-good answers, as on SmolLM2
+            assert recipe.sampling.mode == "spin" and recipe.steps.include_references
+            assert recipe.steps.count_own_answer
     if recipe.pairs.max_spread is not None:
         out.append("pairs.max_spread=5.0")
     return out
@@ -121,4 +121,7 @@ def test_recipe_runs_end_to_end(path, tmp_path, tiny_model_dir, scripted, capsys
         assert all(Path(p, "config.json").is_file() for p in models["path"])
         evals = store.read(f"{recipe.name}.evals")
         assert sorted(set(evals["round"].to_list())) == list(range(recipe.rounds.count + 1))
+        if recipe.eval.judge is not None:       # the pairwise judge's win-rate of each round over the last
+            wins = evals.filter(pl.col("metric") == "win_rate_vs_previous")
+            assert sorted(wins["round"].to_list()) == list(range(1, recipe.rounds.count + 1))
     assert Path(recipe.report.out, "report.html").is_file()

@@ -1,0 +1,83 @@
+"""Evaluate model folders on a stored run's VALIDATION split (the tuning split: never trained on,
+never the test split the demo reports), the demo's way: greedy answers (vLLM), strict pass-rate
+with a paired bootstrap interval against the first model, truncation, relevance, mean words.
+Use it to compare training changes on fixed stored pairs before adopting one:
+
+    prefmill train --store S --data quickstart.r2.pairs --config variant.yaml \\
+        --policy S/models/quickstart/r1 --reference S/models/quickstart/r1 --out /tmp/r2-variant
+    python benchmarks/validation_eval.py --store S --prompts quickstart.prompts \\
+        smollm2 S/models/quickstart/r1 S/models/quickstart/r2 /tmp/r2-variant
+
+Prints one row per model (the first is the baseline of the lifts). The answers and metrics go to
+--scratch (a separate store, tables `val<time>.*`), never into the run's store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", required=True, help="the run's store (read only)")
+    ap.add_argument("--prompts", default="quickstart.prompts", help="prompts table (with split == validation)")
+    ap.add_argument("--scratch", default="/tmp/prefmill-validation-eval", help="store for the answers and metrics")
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("models", nargs="+", help="model folders or built-in names; the first is the baseline")
+    a = ap.parse_args(argv)
+
+    import polars as pl
+
+    from generators.backends.factory import BackendConfig, make_backend
+    from generators.models.registry import resolve_model
+    from generators.relevance import RelevanceScorer
+    from pipelines.evals import EvalConfig, eval_responses_stage, run_eval
+    from pipelines.store import Store
+
+    src, scratch = Store(a.store), Store(a.scratch)
+    prompts = src.read(a.prompts).filter(pl.col("split") == a.split)
+    if prompts.is_empty():
+        raise SystemExit(f"error: no prompts with split == {a.split!r} in {a.prompts}; pick --split or --prompts")
+    tag = f"{int(time.time())}"
+    scratch.append(f"val{tag}.prompts", prompts, kind="prompts")
+    cfg = EvalConfig(split=a.split, max_tokens=a.max_tokens, kl_temperature=None)
+    rel = RelevanceScorer()
+    rel.load()
+    baseline, rows = None, []
+    try:
+        for i, m in enumerate(a.models):
+            folder = str(resolve_model(m))
+            be = make_backend(BackendConfig(kind="vllm", model=folder))
+            be.load()
+            t0 = time.perf_counter()
+            try:
+                resp = eval_responses_stage(scratch, be, cfg, prompts=f"val{tag}.prompts", output=f"val{tag}.{i}.answers")
+            finally:
+                be.close()
+            gen_s = time.perf_counter() - t0
+            run_eval(scratch, prompts=f"val{tag}.prompts", responses=resp, model=m, round=i, config=cfg,
+                     output=f"val{tag}.evals", baseline=baseline, relevance=rel)
+            baseline = baseline or resp
+            ev = scratch.read(f"val{tag}.evals").filter(pl.col("round") == i)
+            got = {r["metric"]: r for r in ev.iter_rows(named=True)}
+            pr = got.get("pass_rate")
+            lift = json.loads(pr["details"]).get("lift_vs_baseline") if pr else None
+            rows.append({"model": m, "pass_rate": pr["value"] if pr else None, "n": pr["n"] if pr else 0,
+                         "lift": (f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]" if lift else "-"),
+                         "truncated": got["truncation_rate"]["value"],
+                         "relevance": got.get("mean_relevance", {}).get("value"),
+                         "words": got.get("mean_length_words", {}).get("value"), "answer_s": round(gen_s)})
+    finally:
+        rel.close()
+    print(pl.DataFrame(rows).with_columns(pl.col(pl.Float64).round(3)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,14 +15,18 @@ import pipelines.
 
 A pair is valid iff margin = chosen_score - rejected_score is > 0 and >= min_margin: ties and
 all-equal prompts never produce pairs. Ties for best/worst break by smallest sample_id, so the
-result does not depend on row order.
+result does not depend on row order; best_vs_worst with tie_break="length_matched" instead takes,
+among the equally best x the equally worst, the pair closest in length (words of `text`), so
+that where the score cannot tell samples apart the pair carries as little length signal as it
+can (a strict reward that scores every cut-off answer 0 otherwise pairs a short finished answer
+against a long failure again and again, and DPO learns "stop early").
 """
 from __future__ import annotations
 
 import polars as pl
 
 from filters import drops
-from filters.text import as_text, normalised
+from filters.text import as_text, normalised, word_count
 
 PAIR_COLUMNS = ("prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "margin", "strategy")
 
@@ -68,13 +72,29 @@ def _check_margin(min_margin: float) -> None:
 
 def best_vs_worst(
     frame: pl.LazyFrame, *, min_margin: float = 0.0, prompt: str = "prompt_id", sample: str = "sample_id",
-    score: str = "score", strategy: str = "best_vs_worst",
+    score: str = "score", strategy: str = "best_vs_worst", tie_break: str = "sample_id", text: str = "completion",
 ) -> pl.LazyFrame:
-    """Highest- vs lowest-scoring sample per prompt (Dong et al., RLHF Workflow)."""
+    """Highest- vs lowest-scoring sample per prompt (Dong et al., RLHF Workflow); ties broken as
+    the module docstring says."""
     _check_margin(min_margin)
+    if tie_break not in ("sample_id", "length_matched"):
+        raise ValueError(f"unknown tie_break {tie_break!r}; expected sample_id or length_matched")
     s, k = pl.col(score), pl.col(sample)
+    valid = valid_samples(frame, score=score)
+    if tie_break == "length_matched":
+        words = word_count(as_text(frame.collect_schema(), text)).fill_null(0).cast(pl.Int64)
+        valid = valid.with_columns(words.alias("_w"))
+        best = valid.filter(s == s.max().over(prompt)).select(prompt, k.alias("chosen_id"),
+                                                               s.alias("chosen_score"), pl.col("_w").alias("_cw"))
+        worst = valid.filter(s == s.min().over(prompt)).select(prompt, k.alias("rejected_id"),
+                                                                s.alias("rejected_score"), pl.col("_w").alias("_rw"))
+        pairs = (best.join(worst, on=prompt)
+                 .sort([(pl.col("_cw") - pl.col("_rw")).abs(), pl.col("chosen_id"), pl.col("rejected_id")])
+                 .group_by(prompt, maintain_order=True).first()
+                 .filter(_ok_margin(pl.col("chosen_score") - pl.col("rejected_score"), min_margin)))
+        return _finish(pairs, frame, strategy, prompt)
     pairs = (
-        valid_samples(frame, score=score)
+        valid
         .group_by(prompt)
         .agg(
             k.sort_by([s, k], descending=[True, False]).first().alias("chosen_id"),

@@ -58,7 +58,8 @@ def _kto(cfg, frame: pl.LazyFrame, judged) -> pl.LazyFrame:
 
 
 STRATEGIES: dict[str, StrategySpec] = {
-    "best_vs_worst": StrategySpec(lambda cfg, f, j: best_vs_worst(f, min_margin=cfg.min_margin)),
+    "best_vs_worst": StrategySpec(lambda cfg, f, j: best_vs_worst(f, min_margin=cfg.min_margin,
+                                                                 tie_break=cfg.tie_break)),
     "best_vs_random": StrategySpec(lambda cfg, f, j: best_vs_random(f, seed=cfg.seed, min_margin=cfg.min_margin)),
     "all_pairs_above_margin": StrategySpec(lambda cfg, f, j: all_pairs_above_margin(
         f, min_margin=cfg.min_margin, max_pairs_per_prompt=cfg.max_pairs_per_prompt)),

@@ -59,6 +59,10 @@ class PairsConfig(BaseModel):
                                          "the same way (cross-scorer agreement); None = off")
     agreement_strict_ties: bool = Field(True, description="a tie under the second scorer counts as disagreement")
     max_length_ratio: float | None = Field(None, ge=1, description="cap on len(chosen)/len(rejected); None = off")
+    tie_break: Literal["sample_id", "length_matched"] = Field(
+        "sample_id", description="best_vs_worst: among equally scored samples take the smallest sample_id, or "
+        "(length_matched) the best-worst pair closest in length, so a pair carries as little length signal as the "
+        "scores allow")
     length_ratio_symmetric: bool = Field(False, description="the cap applies both ways: max(r, 1/r), so a much "
                                          "shorter chosen is dropped too (a reward that favours short answers)")
     length_unit: Literal["words", "chars"] = Field("words", description="unit of the length ratio")

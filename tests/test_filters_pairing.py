@@ -37,6 +37,22 @@ def test_best_vs_worst_edge_cases():
     assert kept.collect().height == 2 and dropped.collect().height == 4
 
 
+def test_best_vs_worst_length_matched_takes_the_closest_lengths_among_ties():
+    frame = pl.LazyFrame({"prompt_id": ["p"] * 5 + ["q"] * 2, "sample_id": ["a", "b", "c", "d", "e", "f", "g"],
+                          "score": [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                          "completion": ["one two three", "a longer fine answer of eight words here",
+                                         "cut off " * 40, "", "no, six words long, I think", "x", "y z"]})
+    by_id = by_prompt(best_vs_worst(frame))
+    assert (by_id["p"]["chosen_id"], by_id["p"]["rejected_id"]) == ("a", "c")      # smallest ids
+    by_len = by_prompt(best_vs_worst(frame, tie_break="length_matched"))
+    assert (by_len["p"]["chosen_id"], by_len["p"]["rejected_id"]) == ("b", "e")   # 8 vs 6 words: closest
+    assert (by_len["q"]["chosen_id"], by_len["q"]["rejected_id"], by_len["q"]["margin"]) == ("f", "g", 1.0)
+    tie = frame.with_columns(pl.lit(1.0).alias("score"))
+    assert by_prompt(best_vs_worst(tie, tie_break="length_matched"))["p"]["drop_reason"] == "no_valid_pair"
+    with pytest.raises(ValueError, match="tie_break"):
+        best_vs_worst(frame, tie_break="random")
+
+
 def test_best_vs_worst_min_margin_and_order_independence():
     rows = by_prompt(best_vs_worst(SAMPLES, min_margin=3.0))
     assert rows["p1"]["drop_reason"] == "no_valid_pair" and rows["p2"]["drop_reason"] is None

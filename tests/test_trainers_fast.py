@@ -68,6 +68,22 @@ def test_fast_path_gives_todays_loss_and_gradients(loss, tiny_model_dir, tiny_mo
         assert (ga[n] - gb[n]).abs().max().item() / scale < 1e-4, n
 
 
+@pytest.mark.parametrize("loss", ["sigmoid", "rpo"])
+def test_length_desensitized_loss_on_both_paths(loss, tiny_model_dir, tiny_model_dir_b, tmp_path):
+    """LD-DPO (ld_alpha): TRL's option reaches the trainer, both heads give the same loss, and it
+    differs from plain DPO on pairs of different lengths (the tail past the shorter answer counts
+    alpha times)."""
+    old = _trainer(loss, tiny_model_dir, tiny_model_dir_b, tmp_path / "old", ld_alpha=0.3, **TODAY)
+    new = _trainer(loss, tiny_model_dir, tiny_model_dir_b, tmp_path / "new", ld_alpha=0.3)
+    plain = _trainer(loss, tiny_model_dir, tiny_model_dir_b, tmp_path / "plain", **TODAY)
+    assert old.args.ld_alpha == new.args.ld_alpha == 0.3 and plain.args.ld_alpha is None
+    a, b, c = _loss_and_grads(old)[0], _loss_and_grads(new)[0], _loss_and_grads(plain)[0]
+    assert abs(a - b) < 1e-5, (a, b)
+    assert abs(a - c) > 1e-4, (a, c)
+    with pytest.raises(ValueError, match="ld_alpha with loss='simpo'"):
+        PreferenceConfig(loss="simpo", ld_alpha=0.5)
+
+
 def test_two_steps_log_the_same_losses(tiny_model_dir, tiny_model_dir_b, tmp_path):
     runs = []
     for name, extra in (("old", TODAY), ("new", {})):

@@ -112,6 +112,10 @@ class PreferenceConfig(TrainArgs):
     label_smoothing: float = Field(0.1, gt=0, lt=0.5, description="cdpo only: assumed probability that a label is flipped.")
     rpo_alpha: float = Field(1.0, gt=0, description="rpo only: weight of the chosen-completion NLL term.")
     simpo_gamma: float = Field(0.5, ge=0, description="simpo only: target reward margin gamma.")
+    ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO (Liu et al. 2024, length desensitization): "
+                                   "the log-probs of the longer answer's tokens past the shorter one's length count "
+                                   "alpha times (1 = plain DPO, 0 = masked), so the loss cannot be lowered by length "
+                                   "alone; sigmoid, ipo, cdpo, rpo only (TRL's ld_alpha). None = off.")
     desirable_weight: float = Field(1.0, gt=0, description="kto only: weight of desirable rows' losses.")
     undesirable_weight: float = Field(1.0, gt=0, description="kto only: weight of undesirable rows' losses.")
     ref_update: RefUpdate = Field(
@@ -134,6 +138,9 @@ class PreferenceConfig(TrainArgs):
 
     @model_validator(mode="after")
     def _reference_options(self):
+        if self.ld_alpha is not None and self.loss in ("simpo", "orpo", "kto"):
+            raise ValueError(f"ld_alpha with loss={self.loss!r}: length desensitization is TRL's DPOTrainer option; "
+                             "use loss sigmoid, ipo, cdpo or rpo, or drop ld_alpha")
         if self.ref_update != "fixed":
             if self.loss in REFERENCE_FREE:
                 raise ValueError(f"ref_update={self.ref_update!r} with loss={self.loss!r}, which has no reference "

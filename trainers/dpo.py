@@ -78,7 +78,7 @@ def build_preference_trainer(*, policy: str | Path, dataset, config: PreferenceC
         args = ORPOConfig(**common, beta=config.beta)
         return ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft,
                            callbacks=list(callbacks))
-    args = DPOConfig(**common, beta=config.beta, precompute_ref_log_probs=config.precompute,
+    args = DPOConfig(**common, beta=config.beta, precompute_ref_log_probs=config.precompute, ld_alpha=config.ld_alpha,
                      **_dpo_loss_args(config), **_ref_sync_args(config))
     own = reference is None or (config.precompute and same_model(reference, policy))
     ref_model = None if own else load_causal_lm(reference, dtype="float32")

@@ -78,6 +78,30 @@ def test_margin_and_length_filters_drop_with_reasons(store):
     assert pairs.height + q.filter(pl.col("reason").str.starts_with("length")).height >= 1
 
 
+def test_length_matched_ties_and_a_symmetric_length_cap(store):
+    data = {"p0": [("one two three four five six", 2.0), ("a", 2.0), ("x y z w v", 0.0), ("b", 0.0)]}
+    ids = seed(store, data=data)
+    plain = store.read(build_pairs(store, samples="samples", prompts="prompts", scores=["scores"],
+                                   cfg={"strategy": "best_vs_worst"}, output="plain"))
+    matched = store.read(build_pairs(store, samples="samples", prompts="prompts", scores=["scores"],
+                                     cfg={"strategy": "best_vs_worst", "tie_break": "length_matched"},
+                                     output="matched"))
+    by_id = sorted([ids[("p0", 0)], ids[("p0", 1)]])[0], sorted([ids[("p0", 2)], ids[("p0", 3)]])[0]
+    assert (plain["chosen_id"].item(), plain["rejected_id"].item()) == by_id
+    m = matched.row(0, named=True)
+    assert {(m["chosen"][0]["content"], m["rejected"][0]["content"])} <= {("one two three four five six",
+                                                                           "x y z w v"), ("a", "b")}
+    assert abs(len(m["chosen"][0]["content"].split()) - len(m["rejected"][0]["content"].split())) <= 1
+    # "a" (1 word) over the 6-word answer: a chosen 6x shorter is dropped only by the symmetric cap
+    short = {"p0": [("one two three four five six", 0.0), ("a", 2.0)]}        # the same two samples, rescored
+    for sym, dropped in ((False, False), (True, True)):
+        out = f"cap{int(sym)}"
+        seed(store, data=short, table=f"scores_{out}")
+        ref = build_pairs(store, samples="samples", prompts="prompts", scores=[f"scores_{out}"], output=out,
+                          cfg={"strategy": "best_vs_worst", "max_length_ratio": 2.0, "length_ratio_symmetric": sym})
+        assert (store.read(ref).height == 0) == dropped
+
+
 def test_agreement_with_second_scorer(store):
     ids = seed(store)
     flipped = {p: [(t, -s) for t, s in rows] for p, rows in DATA.items()}

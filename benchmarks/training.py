@@ -5,10 +5,12 @@ whole training run against a bare TRL DPOTrainer.
     python -m benchmarks.training --model smollm2 --repeats 3 --overhead-repeats 3 --overhead-steps 1
 
 Pairs: demo-like pairs built from recipes/data/seed_prompts.jsonl with one of the demo's
-instructions each and 15-75-word answers (what SmolLM2 writes within the demo's 80 new tokens),
-stored once as a pinned `pairs` version; every side reads the same pairs in the same order.
-Config: the demo's (sigmoid DPO, beta 0.1, lr 5e-5, batch 8, max_length 192, full fine-tuning,
-float32, reference = the policy's own folder, as `rounds.reference: previous` passes it).
+instructions each and answers of --answer-words words (default 20-200: SmolLM2 writes 129 words
+on average within the demo's 256 new tokens), stored once as a pinned `pairs` version; every side
+reads the same pairs in the same order. Config: the demo's (sigmoid DPO, beta 0.1, lr 5e-5,
+batch 8, max_length 384, full fine-tuning, float32, reference = the policy's own folder, as
+`rounds.reference: previous` passes it); --new-dtype bfloat16 runs the new side in CPU
+mixed precision.
 
 1. DPO step. "today" = TRL's DPOTrainer as trainers/dpo.py built it before the fast path: TRL's
    fused LM head over every position and a reference forward every step (logprob_head='trl',
@@ -55,14 +57,14 @@ INSTRUCTIONS = ("Answer in at most 50 words.", "Do not use any commas in your re
                 "Wrap your entire output in JSON format.")
 
 
-def demo_pairs(n: int, *, seed: int = 0) -> pl.DataFrame:
-    """n pairs shaped like the demo's: seed prompt + instruction, two answers of 15-75 words."""
+def demo_pairs(n: int, *, seed: int = 0, length: tuple[int, int] = (20, 200)) -> pl.DataFrame:
+    """n pairs shaped like the demo's: seed prompt + instruction, two answers of `length` words (min, max)."""
     rng = random.Random(seed)
     seeds = [json.loads(x)["prompt"] for x in SEEDS.read_text().splitlines() if x.strip()]
     words = " ".join(seeds).replace(".", "").split()
 
     def answer() -> list[dict[str, str]]:
-        return [{"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(rng.randint(15, 75))) + "."}]
+        return [{"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(rng.randint(*length))) + "."}]
 
     rows = []
     for i in range(n):
@@ -114,18 +116,20 @@ class Stepper:
 
 
 def step_comparison(policy: Path, frame: pl.DataFrame, cfg: PreferenceConfig, work: Path, repeats: int,
-                    seed: int) -> float:
+                    seed: int, new_dtype: str = "float32") -> float:
     from trainers.dataset import preference_dataset
     from trainers.dpo import build_preference_trainer
 
     steps = repeats + 1
     today_cfg = cfg.model_copy(update={"logprob_head": "trl", "precompute_ref_log_probs": False})
+    new_cfg = cfg.model_copy(update={"dtype": new_dtype})
     sides = {
         "today": Stepper(lambda: build_preference_trainer(policy=policy, dataset=preference_dataset(frame),
                                                           config=today_cfg, output_dir=work / "today",
                                                           reference=policy), steps),
         "new": Stepper(lambda: build_preference_trainer(policy=policy, dataset=preference_dataset(frame),
-                                                        config=cfg, output_dir=work / "new", reference=policy), steps),
+                                                        config=new_cfg, output_dir=work / "new", reference=policy),
+                      steps),
     }
     order = ["today", "new"] * steps
     random.Random(seed).shuffle(order)
@@ -196,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overhead-repeats", type=int, default=5, help="counted whole runs per side (0 = skip)")
     ap.add_argument("--overhead-steps", type=int, default=2, help="optimizer steps in each whole run")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=192)
+    ap.add_argument("--max-length", type=int, default=384)
+    ap.add_argument("--answer-words", default="20-200", help="answer length range in words, MIN-MAX")
+    ap.add_argument("--new-dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="precision of the new side (bfloat16 = CPU autocast mixed precision)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     a = ap.parse_args(argv)
@@ -227,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         overhead(policy, frame, cfg.model_copy(update={"max_steps": a.overhead_steps}), work, a.overhead_repeats,
                  a.seed)
         print(load(), flush=True)
-    speed = step_comparison(policy, demo_pairs((a.repeats + 1) * a.batch, seed=a.seed), cfg, work, a.repeats, a.seed)
+    lo, hi = (int(x) for x in a.answer_words.split("-"))
+    speed = step_comparison(policy, demo_pairs((a.repeats + 1) * a.batch, seed=a.seed, length=(lo, hi)), cfg, work,
+                            a.repeats, a.seed, new_dtype=a.new_dtype)
     print(load())
     print(f"dpo_step_speedup: {speed:.2f}")
 

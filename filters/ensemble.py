@@ -1,5 +1,5 @@
-"""Score ensembles across scorers: per-scorer normalisation, then mean, min (worst case) or
-mean - lambda * std per sample.
+"""Score ensembles across scorers: per-scorer normalisation, then mean, weighted sum, min (worst
+case) or mean - lambda * std per sample.
 
 Input is the long scores frame (sample_id, scorer, score); output one row per sample_id with
 `score` (the ensemble), `n_scorers`, and one column per scorer's normalised score when the
@@ -17,7 +17,7 @@ import polars as pl
 from filters import drops
 
 Normalisation = Literal["zscore", "rank", "none"]
-Method = Literal["mean", "min", "mean_minus_std"]
+Method = Literal["mean", "sum", "min", "mean_minus_std"]
 
 
 def normalise(
@@ -60,12 +60,13 @@ def ensemble(
 ) -> pl.LazyFrame:
     """Aggregate a long scores frame into one ensemble `score` per `key`.
 
-    weights: per-scorer weights for method="mean" (weighted mean; missing scorers weigh 1).
+    weights: per-scorer weights for method="mean" (weighted mean) and "sum" (weighted sum, a shaped
+    reward such as rules + 0.5 * relevance); scorers not named weigh 1.
     scorers: expected scorer names; adds one wide column per scorer (its normalised score) and,
     with require_all, marks samples lacking any of them as missing_scorers.
     """
-    if method not in ("mean", "min", "mean_minus_std"):
-        raise ValueError(f"unknown ensemble {method!r}; expected one of mean, min, mean_minus_std")
+    if method not in ("mean", "sum", "min", "mean_minus_std"):
+        raise ValueError(f"unknown ensemble {method!r}; expected one of mean, sum, min, mean_minus_std")
     if lam < 0:
         raise ValueError(f"lam={lam} must be >= 0 (it penalises disagreement)")
     frame = normalise(frame, method=normalisation, score=score, by=by, out="_z")
@@ -78,6 +79,7 @@ def ensemble(
         pl.len().alias("_n_rows"),
         z.is_null().any().alias("_any_invalid"),
         ((z * wv).sum() / okw.sum()).alias("_mean"),
+        (z * wv).sum().alias("_sum"),
         z.min().alias("_min"),
         z.std(ddof=0).alias("_std"),
     ]
@@ -85,7 +87,7 @@ def ensemble(
         aggs += [z.filter(pl.col(by) == s).first().alias(s) for s in scorers]
         aggs.append(pl.col(by).n_unique().alias("_n_names"))
     out = frame.group_by(key).agg(aggs)
-    value = {"mean": pl.col("_mean"), "min": pl.col("_min"),
+    value = {"mean": pl.col("_mean"), "sum": pl.col("_sum"), "min": pl.col("_min"),
              "mean_minus_std": pl.col("_mean") - lam * pl.col("_std")}[method]
     out = out.with_columns(pl.when(pl.col("n_scorers") > 0).then(value).alias(score))
     if require_all:
@@ -94,5 +96,5 @@ def ensemble(
             present = pl.all_horizontal([pl.col(s).is_not_null() | pl.col("_any_invalid") for s in scorers])
             out = drops.mark(out, ~present, "missing_scorers")
     out = drops.mark_invalid(out, score)
-    return out.drop([c for c in ("_n_rows", "_any_invalid", "_mean", "_min", "_std", "_n_names")
+    return out.drop([c for c in ("_n_rows", "_any_invalid", "_mean", "_sum", "_min", "_std", "_n_names")
                      if c in out.collect_schema().names()])

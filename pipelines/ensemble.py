@@ -39,13 +39,22 @@ class EnsembleWork(WorkBase):
         if not members:
             raise ValueError("an ensemble needs at least one member scores table")
         self.store, self.cfg, self.samples, self.members = store, cfg, samples, list(members)
-        self.long = pl.concat([store.read(m, columns=["sample_id", "scorer", "score"]) for m in self.members])
+        if cfg.weights and len(cfg.members) != len(self.members):
+            raise ValueError(f"ensemble weights are keyed by member name but {len(self.members)} tables were given "
+                             f"for {len(cfg.members)} members; pass one table per member, in `members` order")
+        tables = [store.read(m, columns=["sample_id", "scorer", "score"]) for m in self.members]
+        self.long = pl.concat(tables)
         self.names = sorted(self.long["scorer"].unique().to_list())
+        # weights by scorer id (a member table holds one scorer's rows)
+        self.weights = ({sid: cfg.weight_of(name) for name, t in zip(cfg.members, tables)
+                         for sid in t["scorer"].unique().to_list()} if cfg.weights else None)
         if not self.names:
             raise ValueError(f"ensemble members {[str(m) for m in self.members]} hold no scores; "
                              "score the samples first")
         digest = hashlib.blake2b(json.dumps(self.names).encode(), digest_size=6).hexdigest()
-        self.id = f"ensemble:{cfg.display_name()}:{cfg.method}:lam{cfg.lam:g}:{cfg.normalize}:members#{digest}"
+        weights = "" if not self.weights else ":w#" + hashlib.blake2b(
+            json.dumps(sorted(self.weights.items())).encode(), digest_size=4).hexdigest()
+        self.id = f"ensemble:{cfg.display_name()}:{cfg.method}:lam{cfg.lam:g}:{cfg.normalize}{weights}:members#{digest}"
         self.identity = Identity(stage="score", output=output, kind="scores",
                                  parents=(samples, prompts, *self.members),
                                  config={"scorer": cfg.model_dump(mode="json"), "scorer_id": self.id,
@@ -61,7 +70,7 @@ class EnsembleWork(WorkBase):
             .alias("score_id"))
         long = self.long.join(self.base.select("sample_id"), on="sample_id", how="semi")
         combined = ensemble(long.lazy(), method=cfg.method, normalisation=cfg.normalize, lam=cfg.lam, scorers=names,
-                            require_all=True).collect()
+                            weights=self.weights, require_all=True).collect()
         rows = self.base.join(combined, on="sample_id", how="left").with_columns(
             pl.when(pl.col("n_scorers").is_null()).then(pl.lit("missing_scorers"))
             .otherwise(pl.col(drops.DROP)).alias(drops.DROP)).sort("sample_id")

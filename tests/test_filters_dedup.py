@@ -148,6 +148,10 @@ def test_ensembles():
     assert pen["a"] == pytest.approx(5.5 - 4.5)
     w = {r["sample_id"]: r["score"] for r in ensemble(f, normalisation="none", weights={"j": 0.0}, require_all=False).collect().to_dicts()}
     assert w["a"] == 1.0
+    # weighted sum: a shaped reward (rm + 0.5 * j), not divided by the weights
+    ws = {r["sample_id"]: r["score"] for r in ensemble(f, method="sum", normalisation="none", weights={"j": 0.5},
+                                                        require_all=False).collect().to_dicts()}
+    assert ws["a"] == pytest.approx(1.0 + 5.0) and ws["b"] == pytest.approx(3.0 + 15.0) and ws["d"] == 2.5
     with pytest.raises(ValueError, match="unknown ensemble 'max'"):
         ensemble(f, method="max")
 

@@ -83,3 +83,54 @@ def test_bad_input(scorer, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         RelevanceScorer(RelevanceConfig(model=str(tmp_path)))
     assert scorer.score([], []) == []
+
+
+def test_relevance_scorer_kind_scores_like_the_eval(scorer):
+    """The `relevance` scorer kind (generators/scorers/relevance.py) gives the eval's number, with the
+    constraint sentences stripped, and 0 for an empty answer."""
+    import json
+
+    from filters import instructions
+    from generators.scorers.config import build_scorer, parse_scorer_config
+
+    cons = json.dumps([{"kind": "max_words", "n": 50}])
+    prompts = [[{"role": "user", "content": f"{p} {instructions.describe(json.loads(cons)[0])}"}]
+               for p, _ in LABELLED[:3]]
+    answers = [a for _, a in LABELLED[:2]] + [""]
+    s = build_scorer(parse_scorer_config({"kind": "relevance", "name": "rel"}))
+    s.load()
+    try:
+        out = s.evaluate(prompts, answers, constraints=[cons] * 3)
+    finally:
+        s.close()
+    want = scorer.score([p for p, _ in LABELLED[:2]], answers[:2])
+    assert [r.score for r in out[:2]] == pytest.approx(want, abs=1e-4) and out[2].score == 0.0
+    assert all(r.ok for r in out) and s.id.startswith("relevance:rel:")
+
+
+def test_strict_rule_reward_with_relevance_fails_off_topic_answers_at_its_cut():
+    """rule_instructions with relevance: true scores an off-topic answer 0 (reason off_topic);
+    off_topic_below raises the cut for a training reward; without relevance it is a config error."""
+    import json
+
+    from generators.scorers.config import build_scorer, parse_scorer_config
+
+    cons = json.dumps([{"kind": "no_commas"}])
+    (p0, a0), (_, a1) = LABELLED[0], LABELLED[1]
+    prompts = [[{"role": "user", "content": f"{p0} Do not use any commas in your response."}]] * 2
+
+    def scores(**extra):
+        s = build_scorer(parse_scorer_config({"kind": "rule_instructions", "strict": True, "relevance": True, **extra}))
+        s.load()
+        try:
+            out = s.evaluate(prompts, [a0, a1], constraints=[cons] * 2, finish_reasons=["stop"] * 2)
+        finally:
+            s.close()
+        return [r.score for r in out], [json.loads(r.details)["failed"] for r in out], s.id
+
+    got, failed, sid = scores()
+    assert got == [1.0, 0.0] and failed[1][0] == "off_topic" and sid.count(":relevance:") == 1
+    got, failed, sid = scores(off_topic_below=0.99)
+    assert got == [0.0, 0.0] and failed[0] == ["off_topic"] and ":relevance<0.99:" in sid
+    with pytest.raises(ValueError, match="set relevance: true"):
+        parse_scorer_config({"kind": "rule_instructions", "strict": True, "off_topic_below": 0.3})

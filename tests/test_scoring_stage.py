@@ -148,6 +148,28 @@ def test_ensemble_stage_combines_member_tables(store, tiny_reward_dir, tiny_mult
         assert len(row["attributes"]) == 2
 
 
+def test_weighted_sum_ensemble_is_keyed_by_member_name(store, tiny_reward_dir, tiny_multi_reward_dir):
+    seed_store(store, prompts=2, n=2)
+    score_samples(store, samples="samples", prompts="prompts", scorer_cfg={"kind": "rm", "model": str(tiny_reward_dir)},
+                  output="s_rm")
+    score_samples(store, samples="samples", prompts="prompts",
+                  scorer_cfg={"kind": "multi_rm", "model": str(tiny_multi_reward_dir)}, output="s_mrm")
+    cfg = {"kind": "ensemble", "members": ["s_rm", "s_mrm"], "method": "sum", "normalize": "none",
+           "weights": {"s_mrm": 0.25}}
+    out = store.read(score_samples(store, samples="samples", prompts="prompts", scorer_cfg=cfg, output="s_sum"))
+    rm = dict(store.read("s_rm").select("sample_id", "score").iter_rows())
+    mrm = dict(store.read("s_mrm").select("sample_id", "score").iter_rows())
+    for row in out.iter_rows(named=True):
+        assert row["score"] == pytest.approx(rm[row["sample_id"]] + 0.25 * mrm[row["sample_id"]], abs=1e-5)
+    assert ":w#" in out["scorer"][0]
+    with pytest.raises(ValueError, match="not members"):
+        score_samples(store, samples="samples", prompts="prompts", output="s_bad",
+                      scorer_cfg={**cfg, "weights": {"judge": 2.0}})
+    with pytest.raises(ValueError, match="apply to method mean or sum"):
+        score_samples(store, samples="samples", prompts="prompts", output="s_bad",
+                      scorer_cfg={**cfg, "method": "min"})
+
+
 def test_rule_math_stage(store):
     n = seed_store(store)      # sample j of prompt i answers 2i + j; the reference is 2i
     ref = score_samples(store, samples="samples", prompts="prompts", scorer_cfg={"kind": "rule_math"}, output="rs")

@@ -26,12 +26,13 @@ from generators.scorers.judge_pairwise import PairwiseJudgeConfig
 from generators.scorers.judge_pointwise import PointwiseJudgeConfig
 from generators.scorers.multi_attribute import MultiAttributeConfig
 from generators.scorers.prm import PRMConfig
+from generators.scorers.relevance import RelevanceScorerConfig
 from generators.scorers.reward_model import RewardModelConfig
 from generators.scorers.rules import RuleFormatConfig, RuleInstructionsConfig, RuleMathConfig
 
 _BUILT_IN: tuple[type[ScorerConfigBase], ...] = (
     RewardModelConfig, MultiAttributeConfig, PointwiseJudgeConfig, PairwiseJudgeConfig, CritiqueConfig,
-    RuleInstructionsConfig, RuleMathConfig, RuleFormatConfig, EnsembleConfig, PRMConfig,
+    RuleInstructionsConfig, RuleMathConfig, RuleFormatConfig, EnsembleConfig, PRMConfig, RelevanceScorerConfig,
 )
 _REGISTRY: dict[str, type[ScorerConfigBase]] = {}
 

@@ -49,12 +49,17 @@ class RuleInstructionsConfig(_RuleConfig):
                          "degenerate answers, whatever the constraints say (filters/constraints strict checks)")
     relevance: bool = Field(False, description="strict only: fail answers off the prompt's topic, measured by "
                             "a sentence-embedding model (generators/relevance.py)")
+    off_topic_below: float | None = Field(None, ge=-1, le=1, description="relevance only: the cut below which an "
+                                          "answer is off-topic; None = the eval's cut (0.2, calibrated in "
+                                          "generators/relevance.py); a training reward may ask for more")
     inputs: ClassVar[tuple[str, ...]] = ("constraints", "finish_reasons")
 
     @model_validator(mode="after")
     def _check(self):
         if self.relevance and not self.strict:
             raise ValueError("relevance: true is a strict check; set strict: true as well")
+        if self.off_topic_below is not None and not self.relevance:
+            raise ValueError("off_topic_below is the relevance cut; set relevance: true (and strict: true) with it")
         return self
 
 
@@ -99,7 +104,8 @@ class RuleScorer:
         self._relevance = None
         mode = f":{cfg.mode}" if hasattr(cfg, "mode") else ""
         strict = ":strict" if getattr(cfg, "strict", False) else ""
-        rel = ":relevance" if getattr(cfg, "relevance", False) else ""
+        cut = getattr(cfg, "off_topic_below", None)
+        rel = (":relevance" + ("" if cut is None else f"<{cut:g}")) if getattr(cfg, "relevance", False) else ""
         self.id = f"{cfg.kind_name()}:{cfg.display_name()}{mode}{strict}{rel}:code#{self._code}"
 
     @property
@@ -154,6 +160,8 @@ class RuleScorer:
                     rel = self._relevance.score(list(prompts), list(responses), strip=strip)
                     frame = frame.with_columns(pl.Series("relevance", rel, dtype=pl.Float64))
                     extra["relevance"] = "relevance"
+                    if cfg.off_topic_below is not None:
+                        extra["off_topic_below"] = cfg.off_topic_below
             out = rule_rewards.instruction_reward(frame.lazy(), mode=cfg.mode, **extra)
         elif isinstance(cfg, RuleMathConfig):
             out = rule_rewards.math_reward(frame.lazy())

@@ -136,24 +136,32 @@ def best_vs_random(
 
 def all_pairs_above_margin(
     frame: pl.LazyFrame, *, min_margin: float = 0.0, max_pairs_per_prompt: int | None = None,
-    prompt: str = "prompt_id", sample: str = "sample_id", score: str = "score",
+    prompt: str = "prompt_id", sample: str = "sample_id", score: str = "score", tie_break: str = "sample_id",
+    text: str = "completion",
 ) -> pl.LazyFrame:
     """Every ordered pair with margin >= min_margin (and > 0); at most `max_pairs_per_prompt`
-    per prompt, largest margins first (then by ids)."""
+    per prompt, largest margins first, then (tie_break="length_matched") the pairs closest in
+    length (words of `text`), then by ids."""
     _check_margin(min_margin)
     if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
         raise ValueError(f"max_pairs_per_prompt={max_pairs_per_prompt} must be >= 1 or None (no cap)")
-    v = valid_samples(frame, score=score).select(prompt, sample, score)
+    if tie_break not in ("sample_id", "length_matched"):
+        raise ValueError(f"unknown tie_break {tie_break!r}; expected sample_id or length_matched")
+    v = valid_samples(frame, score=score)
+    matched = tie_break == "length_matched"
+    words = word_count(as_text(frame.collect_schema(), text)).fill_null(0).cast(pl.Int64) if matched else pl.lit(0)
+    v = v.select(prompt, sample, score, words.alias("_w"))
     pairs = (
-        v.rename({sample: "chosen_id", score: "chosen_score"})
-        .join(v.rename({sample: "rejected_id", score: "rejected_score"}), on=prompt)
+        v.rename({sample: "chosen_id", score: "chosen_score", "_w": "_cw"})
+        .join(v.rename({sample: "rejected_id", score: "rejected_score", "_w": "_rw"}), on=prompt)
         .filter(_ok_margin(pl.col("chosen_score") - pl.col("rejected_score"), min_margin))
     )
     if max_pairs_per_prompt is not None:
         m = pl.col("chosen_score") - pl.col("rejected_score")
-        order = pl.struct((-m).alias("m"), pl.col("chosen_id"), pl.col("rejected_id")).rank("ordinal")
+        gap = (pl.col("_cw") - pl.col("_rw")).abs()
+        order = pl.struct((-m).alias("m"), gap.alias("gap"), pl.col("chosen_id"), pl.col("rejected_id")).rank("ordinal")
         pairs = pairs.filter(order.over(prompt) <= max_pairs_per_prompt)
-    return _finish(pairs, frame, "all_pairs_above_margin", prompt)
+    return _finish(pairs.drop("_cw", "_rw"), frame, "all_pairs_above_margin", prompt)
 
 
 def spin_pairs(

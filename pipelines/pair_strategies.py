@@ -62,7 +62,7 @@ STRATEGIES: dict[str, StrategySpec] = {
                                                                  tie_break=cfg.tie_break)),
     "best_vs_random": StrategySpec(lambda cfg, f, j: best_vs_random(f, seed=cfg.seed, min_margin=cfg.min_margin)),
     "all_pairs_above_margin": StrategySpec(lambda cfg, f, j: all_pairs_above_margin(
-        f, min_margin=cfg.min_margin, max_pairs_per_prompt=cfg.max_pairs_per_prompt)),
+        f, min_margin=cfg.min_margin, max_pairs_per_prompt=cfg.max_pairs_per_prompt, tie_break=cfg.tie_break)),
     "spin_pairs": StrategySpec(lambda cfg, f, j: spin_pairs(f), needs_scores=False, needs_reference_samples=True,
                                margin_filtered=False),
     "sppo_winrate": StrategySpec(lambda cfg, f, j: sppo_winrate(f, judgments=j, min_margin=cfg.min_margin),

@@ -62,7 +62,7 @@ class PairsConfig(BaseModel):
     tie_break: Literal["sample_id", "length_matched"] = Field(
         "sample_id", description="best_vs_worst: among equally scored samples take the smallest sample_id, or "
         "(length_matched) the best-worst pair closest in length, so a pair carries as little length signal as the "
-        "scores allow")
+        "scores allow; all_pairs_above_margin: which pairs of equal margin fill max_pairs_per_prompt first")
     length_ratio_symmetric: bool = Field(False, description="the cap applies both ways: max(r, 1/r), so a much "
                                          "shorter chosen is dropped too (a reward that favours short answers)")
     length_unit: Literal["words", "chars"] = Field("words", description="unit of the length ratio")

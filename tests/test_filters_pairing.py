@@ -53,6 +53,22 @@ def test_best_vs_worst_length_matched_takes_the_closest_lengths_among_ties():
         best_vs_worst(frame, tie_break="random")
 
 
+def test_all_pairs_length_matched_fills_the_cap_with_the_closest_lengths():
+    frame = pl.LazyFrame({"prompt_id": ["p"] * 5, "sample_id": ["a", "b", "c", "d", "e"],
+                          "score": [1.0, 1.0, 0.0, 0.0, 0.0],
+                          "completion": ["one two three", "a longer fine answer of eight words here",
+                                         "cut off " * 40, "", "no, six words long, I think"]})
+    kept = lambda f: sorted((r["chosen_id"], r["rejected_id"]) for r in f.collect().to_dicts()  # noqa: E731
+                            if r["drop_reason"] is None)
+    assert kept(all_pairs_above_margin(frame, max_pairs_per_prompt=2)) == [("a", "c"), ("a", "d")]   # by ids
+    # 8 vs 6 words (gap 2), then 3 vs 0 or 3 vs 6 (gap 3; ids break it)
+    assert kept(all_pairs_above_margin(frame, max_pairs_per_prompt=2, tie_break="length_matched")) == [
+        ("a", "d"), ("b", "e")]
+    assert len(kept(all_pairs_above_margin(frame, tie_break="length_matched"))) == 6     # no cap: every pair
+    with pytest.raises(ValueError, match="tie_break"):
+        all_pairs_above_margin(frame, tie_break="random")
+
+
 def test_best_vs_worst_min_margin_and_order_independence():
     rows = by_prompt(best_vs_worst(SAMPLES, min_margin=3.0))
     assert rows["p1"]["drop_reason"] == "no_valid_pair" and rows["p2"]["drop_reason"] is None

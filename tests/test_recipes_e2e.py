@@ -66,6 +66,8 @@ def _overrides(path: Path, tiny: str, tmp: Path, scripted_url: str) -> list[str]
     for i, sc in enumerate(recipe.scoring):
         if getattr(sc, "strict", False):
             out.append(f"scoring.{i}.strict=false")   # random text is always degenerate under strict checks
+            if getattr(sc, "relevance", False):       # (the relevance gate is a strict check)
+                out += [f"scoring.{i}.relevance=false", f"scoring.{i}.off_topic_below=null"]
     if recipe.pairs.strategy == "rft_topk":
         out += ["pairs.min_score=0.0", "pairs.rft_keep_truncated=true"]   # a tiny model is always cut off
     if recipe.steps is not None:   # random text has no numbered steps and is always cut off

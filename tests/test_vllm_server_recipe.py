@@ -40,6 +40,7 @@ def api_servers() -> list[str]:
 def test_two_rounds_on_managed_servers_sample_the_trained_model(tmp_path, tiny_model_dir, capsys):
     pytest.importorskip("vllm")
     from flows.cli import main
+    from flows.recipe import load_recipe
     from generators.models.registry import model_revision
     from pipelines.store import Store
 
@@ -53,16 +54,17 @@ def test_two_rounds_on_managed_servers_sample_the_trained_model(tmp_path, tiny_m
     code = main(["run", str(recipe), "--limit", "16", "--store", str(store_dir)] + [a for s in sets for a in ("--set", s)])
     out = capsys.readouterr()
     assert code == 0, out.out[-3000:] + out.err[-3000:]
+    name = load_recipe(recipe, overrides=sets, limit=16).name       # --limit runs under its own table names
     store = Store(store_dir, create=False)
     models = {r["round"]: r["path"] for r in store.read("models").iter_rows(named=True)}
     assert sorted(models) == [1, 2]
     revisions = {0: model_revision(tiny_model_dir), **{k: model_revision(p) for k, p in models.items()}}
     assert len(set(revisions.values())) == 3, "each round trained a different model"
     for rnd in (1, 2):
-        got = set(store.read(f"quickstart.r{rnd}.samples")["policy_revision"].to_list())
+        got = set(store.read(f"{name}.r{rnd}.samples")["policy_revision"].to_list())
         assert got == {revisions[rnd - 1]}, f"round {rnd} sampled {got}, not the round-{rnd - 1} model"
     for rnd in (0, 1, 2):
-        got = set(store.read(f"quickstart.r{rnd}.eval_responses")["policy_revision"].to_list())
+        got = set(store.read(f"{name}.r{rnd}.eval_responses")["policy_revision"].to_list())
         assert got == {revisions[rnd]}, f"round {rnd}'s eval answered with {got}"
     deadline = time.monotonic() + 60
     while (left := api_servers()) and time.monotonic() < deadline:

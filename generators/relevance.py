@@ -9,7 +9,7 @@
 score = cosine similarity of the mean-pooled (attention-masked) token embeddings of the prompt's
 task text and of the answer, in [-1, 1]. The prompt is the last user message when a conversation
 is given; `strip` lists, per prompt, sentences to remove first (the constraint sentences: pass
-`[filters.instructions.describe(c) for c in constraints]`) so that "answer in 50 words" does not
+`constraint_sentences(constraints_column)`) so that "answer in 50 words" does not
 count as topic. CPU float32, no grad; inputs are sorted by length and batched, and scores rounded
 to 1e-5, so a row's score does not depend on batch size or neighbours. `revision` hashes the
 weights and tokenizer (lineage).
@@ -64,6 +64,14 @@ def _text(prompt: str | Conversation) -> str:
     if not users:
         raise ValueError("a prompt conversation has no user message; pass the prompt text or a user turn")
     return users[-1]
+
+
+def constraint_sentences(constraints: Sequence[str | None]) -> list[list[str]]:
+    """Per row, the sentences its constraints (a JSON list, or None) added to the prompt: what
+    `score(..., strip=...)` removes so that the constraint text does not count as topic."""
+    from filters import instructions
+
+    return [[instructions.describe(c) for c in instructions.loads(cs)] if cs else [] for cs in constraints]
 
 
 def bundled_model() -> Path:

@@ -105,9 +105,9 @@ def _strict_pass(frame: pl.DataFrame, relevance: list[float] | None) -> pl.DataF
 def _relevance(scorer: Any, frame: pl.DataFrame) -> list[float] | None:
     if scorer is None or frame.is_empty():
         return None
-    from filters import instructions
+    from generators.relevance import constraint_sentences
 
-    strip = [[instructions.describe(c) for c in instructions.loads(cs)] if cs else [] for cs in frame["constraints"]]
+    strip = constraint_sentences(frame["constraints"].to_list())
     return scorer.score(frame["messages"].to_list(), frame["completion"].to_list(), strip=strip)
 
 

@@ -68,13 +68,13 @@ class RelevancePointScorer:
 
     def evaluate(self, prompts: Sequence[Conversation], responses: Sequence[str], *,
                  constraints: Sequence[str | None] | None = None, **_: Any) -> list[ScoreResult]:
-        from filters import instructions
+        from generators.relevance import constraint_sentences
 
         n = len(responses)
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts but {n} responses; pass one response per prompt")
         cons = list(constraints) if constraints is not None else [None] * n
-        strip = [[instructions.describe(c) for c in instructions.loads(cs)] if cs else [] for cs in cons]
+        strip = constraint_sentences(cons)
         scores = self._rel.score(list(prompts), list(responses), strip=strip)
         return [ScoreResult(score=0.0 if not (r or "").strip() else s, details=None)
                 for s, r in zip(scores, responses)]

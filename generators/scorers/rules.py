@@ -153,10 +153,9 @@ class RuleScorer:
             if cfg.strict:
                 extra = {"strict": True, "prompt": "messages", "finish_reason": "finish_reason"}
                 if self._relevance is not None:
-                    from filters import instructions
+                    from generators.relevance import constraint_sentences
 
-                    strip = [[instructions.describe(c) for c in instructions.loads(cs)] if cs else []
-                             for cs in frame["constraints"].to_list()]
+                    strip = constraint_sentences(frame["constraints"].to_list())
                     rel = self._relevance.score(list(prompts), list(responses), strip=strip)
                     frame = frame.with_columns(pl.Series("relevance", rel, dtype=pl.Float64))
                     extra["relevance"] = "relevance"

@@ -10,6 +10,12 @@ Use it to compare training changes on fixed stored pairs before adopting one:
 
 Prints one row per model (the first is the baseline of the lifts). The answers and metrics go to
 --scratch (a separate store, tables `val<time>.*`), never into the run's store.
+
+The demo's validation split is small (20 prompts: one prompt = 5 points). `--more-seeds FILE`
+adds validation prompts built from the seed prompts the run did not use (its `seeds.cap` left
+them out; a seed whose text begins any of the run's prompts is skipped), with validation-split
+constraints drawn the demo's way (validation phrasings, values and kinds, never the test
+split's), `--more-limit` of them.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch", default="/tmp/prefmill-validation-eval", help="store for the answers and metrics")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--more-seeds", help="seed JSONL (`prompt` per line): add validation prompts from unused seeds")
+    ap.add_argument("--more-limit", type=int, default=120, help="at most this many added prompts")
+    ap.add_argument("--k-max", type=int, default=2, help="added prompts: most constraints per prompt (k_min 1)")
     ap.add_argument("models", nargs="+", help="model folders or built-in names; the first is the baseline")
     a = ap.parse_args(argv)
 
@@ -44,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts = src.read(a.prompts).filter(pl.col("split") == a.split)
     if prompts.is_empty():
         raise SystemExit(f"error: no prompts with split == {a.split!r} in {a.prompts}; pick --split or --prompts")
+    if a.more_seeds:
+        prompts = pl.concat([prompts, _more_prompts(src.read(a.prompts), a.more_seeds, a.more_limit, a.k_max)],
+                            how="vertical_relaxed")
     tag = f"{int(time.time())}"
     scratch.append(f"val{tag}.prompts", prompts, kind="prompts")
     cfg = EvalConfig(split=a.split, max_tokens=a.max_tokens, kl_temperature=None)
@@ -77,6 +89,28 @@ def main(argv: list[str] | None = None) -> int:
         rel.close()
     print(pl.DataFrame(rows).with_columns(pl.col(pl.Float64).round(3)))
     return 0
+
+
+def _more_prompts(run_prompts, seeds_path: str, limit: int, k_max: int):
+    """Validation prompts from the seeds the run did not use (see the module docstring)."""
+    import polars as pl
+
+    from pipelines.prompts import prompt_row, prompts_frame
+    from pipelines.seeds import ConstraintConfig, constrain
+
+    used = [m[-1]["content"] for m in run_prompts["messages"].to_list()]
+    cfg = ConstraintConfig(k_min=1, k_max=k_max)
+    rows = []
+    for text in pl.read_ndjson(seeds_path)["prompt"].to_list():
+        t = (text or "").strip()
+        if not t or any(u.startswith(t) for u in used):
+            continue
+        row = prompt_row([{"role": "user", "content": t}], task_type="instruction", source="seed:unused",
+                         split="validation")
+        rows.append(constrain(row, cfg))
+        if len(rows) >= limit:
+            break
+    return prompts_frame(rows).select(run_prompts.columns)
 
 
 if __name__ == "__main__":

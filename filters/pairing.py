@@ -19,7 +19,10 @@ result does not depend on row order; best_vs_worst with tie_break="length_matche
 among the equally best x the equally worst, the pair closest in length (words of `text`), so
 that where the score cannot tell samples apart the pair carries as little length signal as it
 can (a strict reward that scores every cut-off answer 0 otherwise pairs a short finished answer
-against a long failure again and again, and DPO learns "stop early").
+against a long failure again and again, and DPO learns "stop early"). tie_break="greedy_first"
+does the same, except that among the equally worst the policy's greedy answer (a boolean column
+`greedy`, from `sampling.greedy`) is rejected first: the failure of the decoding an eval uses,
+such as a repetition loop, is what the pair pushes down.
 """
 from __future__ import annotations
 
@@ -70,26 +73,44 @@ def _check_margin(min_margin: float) -> None:
         raise ValueError(f"min_margin={min_margin} must be >= 0 (a negative margin would pair worse over better)")
 
 
+TIE_BREAKS = ("sample_id", "length_matched", "greedy_first")
+
+
+def _check_tie_break(tie_break: str) -> None:
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"unknown tie_break {tie_break!r}; expected one of {', '.join(TIE_BREAKS)}")
+
+
+def _not_greedy(schema, greedy: str) -> pl.Expr:
+    """0 for the policy's greedy answer, 1 otherwise (sorts greedy answers first)."""
+    if greedy not in schema:
+        return pl.lit(1, dtype=pl.Int8)
+    return (~pl.col(greedy).fill_null(False)).cast(pl.Int8)
+
+
 def best_vs_worst(
     frame: pl.LazyFrame, *, min_margin: float = 0.0, prompt: str = "prompt_id", sample: str = "sample_id",
     score: str = "score", strategy: str = "best_vs_worst", tie_break: str = "sample_id", text: str = "completion",
+    greedy: str = "greedy",
 ) -> pl.LazyFrame:
     """Highest- vs lowest-scoring sample per prompt (Dong et al., RLHF Workflow); ties broken as
     the module docstring says."""
     _check_margin(min_margin)
-    if tie_break not in ("sample_id", "length_matched"):
-        raise ValueError(f"unknown tie_break {tie_break!r}; expected sample_id or length_matched")
+    _check_tie_break(tie_break)
     s, k = pl.col(score), pl.col(sample)
     valid = valid_samples(frame, score=score)
-    if tie_break == "length_matched":
-        words = word_count(as_text(frame.collect_schema(), text)).fill_null(0).cast(pl.Int64)
-        valid = valid.with_columns(words.alias("_w"))
+    if tie_break in ("length_matched", "greedy_first"):
+        schema = frame.collect_schema()
+        words = word_count(as_text(schema, text)).fill_null(0).cast(pl.Int64)
+        g = _not_greedy(schema, greedy) if tie_break == "greedy_first" else pl.lit(1, dtype=pl.Int8)
+        valid = valid.with_columns(words.alias("_w"), g.alias("_ng"))
         best = valid.filter(s == s.max().over(prompt)).select(prompt, k.alias("chosen_id"),
                                                                s.alias("chosen_score"), pl.col("_w").alias("_cw"))
-        worst = valid.filter(s == s.min().over(prompt)).select(prompt, k.alias("rejected_id"),
+        worst = valid.filter(s == s.min().over(prompt)).select(prompt, k.alias("rejected_id"), pl.col("_ng"),
                                                                 s.alias("rejected_score"), pl.col("_w").alias("_rw"))
         pairs = (best.join(worst, on=prompt)
-                 .sort([(pl.col("_cw") - pl.col("_rw")).abs(), pl.col("chosen_id"), pl.col("rejected_id")])
+                 .sort([pl.col("_ng"), (pl.col("_cw") - pl.col("_rw")).abs(), pl.col("chosen_id"),
+                        pl.col("rejected_id")])
                  .group_by(prompt, maintain_order=True).first()
                  .filter(_ok_margin(pl.col("chosen_score") - pl.col("rejected_score"), min_margin)))
         return _finish(pairs, frame, strategy, prompt)
@@ -137,31 +158,34 @@ def best_vs_random(
 def all_pairs_above_margin(
     frame: pl.LazyFrame, *, min_margin: float = 0.0, max_pairs_per_prompt: int | None = None,
     prompt: str = "prompt_id", sample: str = "sample_id", score: str = "score", tie_break: str = "sample_id",
-    text: str = "completion",
+    text: str = "completion", greedy: str = "greedy",
 ) -> pl.LazyFrame:
     """Every ordered pair with margin >= min_margin (and > 0); at most `max_pairs_per_prompt`
-    per prompt, largest margins first, then (tie_break="length_matched") the pairs closest in
-    length (words of `text`), then by ids."""
+    per prompt, largest margins first, then (tie_break="greedy_first") pairs rejecting the greedy
+    answer, then (length_matched, greedy_first) the pairs closest in length (words of `text`),
+    then by ids."""
     _check_margin(min_margin)
     if max_pairs_per_prompt is not None and max_pairs_per_prompt < 1:
         raise ValueError(f"max_pairs_per_prompt={max_pairs_per_prompt} must be >= 1 or None (no cap)")
-    if tie_break not in ("sample_id", "length_matched"):
-        raise ValueError(f"unknown tie_break {tie_break!r}; expected sample_id or length_matched")
+    _check_tie_break(tie_break)
     v = valid_samples(frame, score=score)
-    matched = tie_break == "length_matched"
-    words = word_count(as_text(frame.collect_schema(), text)).fill_null(0).cast(pl.Int64) if matched else pl.lit(0)
-    v = v.select(prompt, sample, score, words.alias("_w"))
+    schema = frame.collect_schema()
+    matched = tie_break != "sample_id"
+    words = word_count(as_text(schema, text)).fill_null(0).cast(pl.Int64) if matched else pl.lit(0)
+    g = _not_greedy(schema, greedy) if tie_break == "greedy_first" else pl.lit(1, dtype=pl.Int8)
+    v = v.select(prompt, sample, score, words.alias("_w"), g.alias("_ng"))
     pairs = (
-        v.rename({sample: "chosen_id", score: "chosen_score", "_w": "_cw"})
+        v.drop("_ng").rename({sample: "chosen_id", score: "chosen_score", "_w": "_cw"})
         .join(v.rename({sample: "rejected_id", score: "rejected_score", "_w": "_rw"}), on=prompt)
         .filter(_ok_margin(pl.col("chosen_score") - pl.col("rejected_score"), min_margin))
     )
     if max_pairs_per_prompt is not None:
         m = pl.col("chosen_score") - pl.col("rejected_score")
         gap = (pl.col("_cw") - pl.col("_rw")).abs()
-        order = pl.struct((-m).alias("m"), gap.alias("gap"), pl.col("chosen_id"), pl.col("rejected_id")).rank("ordinal")
+        order = pl.struct((-m).alias("m"), pl.col("_ng"), gap.alias("gap"), pl.col("chosen_id"),
+                          pl.col("rejected_id")).rank("ordinal")
         pairs = pairs.filter(order.over(prompt) <= max_pairs_per_prompt)
-    return _finish(pairs.drop("_cw", "_rw"), frame, "all_pairs_above_margin", prompt)
+    return _finish(pairs.drop("_cw", "_rw", "_ng"), frame, "all_pairs_above_margin", prompt)
 
 
 def spin_pairs(

@@ -177,8 +177,9 @@ def compile_plan(recipe: Recipe) -> Plan:
         policy = f"policy.r{k - 1}" if k > 1 else "policy.r0"
         samples = f"r{k}.sample"
         out.append(StageSpec(samples, "sample", k, table_name(recipe, "samples", k),
-                             inputs={"prompts": "prompts", "policy": policy}, generations=train * s.n,
-                             max_new_tokens=s.max_tokens, note=f"{train} prompts x n={s.n} ({s.mode})"))
+                             inputs={"prompts": "prompts", "policy": policy}, generations=train * (s.n + s.greedy),
+                             max_new_tokens=s.max_tokens,
+                             note=f"{train} prompts x n={s.n}{' + greedy' if s.greedy else ''} ({s.mode})"))
         if recipe.steps is not None:
             st = recipe.steps
             out.append(StageSpec(f"r{k}.steps", "steps", k, table_name(recipe, "steps", k),

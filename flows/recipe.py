@@ -256,6 +256,9 @@ class Recipe(Strict):
             raise ValueError(f"pairs.strategy {self.pairs.strategy} needs sampling.mode: spin (gold answers as samples)")
         if spec.needs_steps and self.steps is None:
             raise ValueError(f"pairs.strategy {self.pairs.strategy} needs a `steps:` section (step labels)")
+        if self.pairs.tie_break == "greedy_first" and not self.sampling.greedy:
+            raise ValueError("pairs.tie_break greedy_first prefers the policy's greedy answer as the rejected one; set "
+                             "sampling.greedy: true so there is one, or use length_matched")
         if self.sampling.mode == "spin" and not (self.prompts.seeds and self.prompts.seeds.reference_column):
             raise ValueError("sampling.mode spin needs gold answers: set prompts.seeds.reference_column")
         if self.rounds.count > 0 and spec.output_kind != self.training.consumes:

@@ -59,10 +59,12 @@ class PairsConfig(BaseModel):
                                          "the same way (cross-scorer agreement); None = off")
     agreement_strict_ties: bool = Field(True, description="a tie under the second scorer counts as disagreement")
     max_length_ratio: float | None = Field(None, ge=1, description="cap on len(chosen)/len(rejected); None = off")
-    tie_break: Literal["sample_id", "length_matched"] = Field(
+    tie_break: Literal["sample_id", "length_matched", "greedy_first"] = Field(
         "sample_id", description="best_vs_worst: among equally scored samples take the smallest sample_id, or "
         "(length_matched) the best-worst pair closest in length, so a pair carries as little length signal as the "
-        "scores allow; all_pairs_above_margin: which pairs of equal margin fill max_pairs_per_prompt first")
+        "scores allow, or (greedy_first) the policy's greedy answer (sampling.greedy) as the rejected one where it "
+        "is among the worst, then length_matched; all_pairs_above_margin: which pairs of equal margin fill "
+        "max_pairs_per_prompt first")
     length_ratio_symmetric: bool = Field(False, description="the cap applies both ways: max(r, 1/r), so a much "
                                          "shorter chosen is dropped too (a reward that favours short answers)")
     length_unit: Literal["words", "chars"] = Field("words", description="unit of the length ratio")
@@ -197,7 +199,11 @@ class PairsWork(WorkBase):
 
 def _compute(w: PairsWork, run: StageRun) -> pl.DataFrame:
     store, cfg, spec = w.store, w.cfg, w.spec
-    samp = store.read(w.samples, columns=["sample_id", "prompt_id", "completion", "finish_reason", "is_reference"])
+    samp = store.read(w.samples, columns=["sample_id", "prompt_id", "completion", "finish_reason", "is_reference",
+                                          "sampling"])
+    # the policy's greedy answer (sampling.greedy): temperature 0 among samples drawn at > 0
+    temp = pl.col("sampling").str.json_path_match("$.temperature").cast(pl.Float64, strict=False)
+    samp = samp.with_columns((temp.fill_null(-1.0) == 0).alias("greedy")).drop("sampling")
     w.n_samples = samp.height
     prompt_msgs = store.read(w.prompts, columns=["prompt_id", "messages"])
     primary = w.score_rows.filter(pl.col("source") == (w.primary or "")).unique("sample_id", keep="first")

@@ -53,6 +53,27 @@ def test_best_vs_worst_length_matched_takes_the_closest_lengths_among_ties():
         best_vs_worst(frame, tie_break="random")
 
 
+def test_greedy_first_rejects_the_greedy_answer_among_the_worst():
+    # d is the policy's greedy answer, cut off in a loop: length matching alone would reject e
+    frame = pl.LazyFrame({"prompt_id": ["p"] * 5 + ["q"] * 3, "sample_id": list("abcdefgh"),
+                          "score": [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.5],
+                          "greedy": [False, False, False, True, False, False, False, True],
+                          "completion": ["one two three", "a longer fine answer of eight words here",
+                                         "x " * 20, "loop " * 60, "no, six words long, I think", "fine", "bad", "so so"]})
+    assert by_prompt(best_vs_worst(frame, tie_break="length_matched"))["p"]["rejected_id"] == "e"
+    got = by_prompt(best_vs_worst(frame, tie_break="greedy_first"))
+    assert (got["p"]["chosen_id"], got["p"]["rejected_id"]) == ("b", "d")          # greedy, then closest chosen
+    assert (got["q"]["chosen_id"], got["q"]["rejected_id"]) == ("f", "g")          # greedy not among the worst
+    # without a greedy column greedy_first is length_matched
+    plain = frame.drop("greedy")
+    assert (best_vs_worst(plain, tie_break="greedy_first").sort("prompt_id").collect()
+            .equals(best_vs_worst(plain, tie_break="length_matched").sort("prompt_id").collect()))
+    capped = all_pairs_above_margin(frame, max_pairs_per_prompt=1, tie_break="greedy_first").collect()
+    assert capped.filter(pl.col("prompt_id") == "p")["rejected_id"].to_list() == ["d"]
+    with pytest.raises(ValueError, match="greedy_first"):
+        best_vs_worst(frame, tie_break="random")
+
+
 def test_all_pairs_length_matched_fills_the_cap_with_the_closest_lengths():
     frame = pl.LazyFrame({"prompt_id": ["p"] * 5, "sample_id": ["a", "b", "c", "d", "e"],
                           "score": [1.0, 1.0, 0.0, 0.0, 0.0],

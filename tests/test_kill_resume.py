@@ -107,9 +107,23 @@ def test_prefect_flow_killed_mid_stage_resumes_on_rerun(tmp_path):
     rerun = _flow_proc(killed, model, tmp_path / "prefect")
     out, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0 and "result kr.r1.samples@" in out, out[-3000:]
-    ref_run = _flow_proc(reference, model, tmp_path / "prefect-ref")
-    out, _ = ref_run.communicate(timeout=600)
-    assert ref_run.returncode == 0, out[-3000:]
+    # the uninterrupted reference: the flow's task body, in this process (no second Prefect start)
+    from generators.backends.factory import BackendConfig, make_backend
+    from pipelines.sampling import SamplingStageConfig, sample_stage
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # as the flow's OMP_NUM_THREADS=1: the same float sums, the same argmax
+    backend = make_backend(BackendConfig(kind="transformers", model=str(model), max_batch_size=1))
+    backend.load()
+    try:
+        sample_stage(Store(reference), backend, SamplingStageConfig(n=3, temperature=0.0, max_tokens=12, batch_size=2,
+                                                                    split="all"),
+                     prompts="kr_prompts@0", output=table)
+    finally:
+        backend.close()
+        torch.set_num_threads(threads)
 
     after, expected = Store(killed).read(table), Store(reference).read(table)
     assert after.height == 120 and after["sample_id"].n_unique() == 120

@@ -72,6 +72,8 @@ BASE = "name: t\nprompts:\n  seeds: {path: recipes/data/spin_seeds.jsonl}\n"
     ("training: {trainer: rft, top_k: 2}\npairs: {strategy: rft_topk}\n", "set pairs.top_k, not training.top_k"),
     ("prompts: {seeds: {path: recipes/data/spin_seeds.jsonl}, heldout_fraction: 0.6, validation_fraction: 0.5}\n",
      "leaves no training prompts"),
+    ("pairs: {tie_break: greedy_first}\n", "set sampling.greedy: true so there is one"),
+    ("sampling: {mode: sppo, greedy: true}\n", "sampling.greedy works with mode best_of_n"),
 ])
 def test_bad_recipes_name_the_key(tmp_path, extra, expect):
     with pytest.raises(RecipeError) as e:

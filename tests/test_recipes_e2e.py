@@ -127,3 +127,26 @@ def test_recipe_runs_end_to_end(path, tmp_path, tiny_model_dir, scripted, capsys
             wins = evals.filter(pl.col("metric") == "win_rate_vs_previous")
             assert sorted(wins["round"].to_list()) == list(range(1, recipe.rounds.count + 1))
     assert Path(recipe.report.out, "report.html").is_file()
+    _feature_checks(recipe, store, store_dir)
+
+
+def _feature_checks(recipe, store: Store, store_dir: Path) -> None:
+    """What a recipe's headline feature promises, on its tiny run."""
+    name = recipe.name
+    if recipe.sampling.mode == "spin" and recipe.pairs.strategy == "spin_pairs":
+        for k in range(1, recipe.rounds.count + 1):     # gold answers chosen, the policy's own answers rejected
+            pairs, samples = store.read(f"{name}.r{k}.pairs"), store.read(f"{name}.r{k}.samples")
+            gold = set(samples.filter(pl.col("is_reference"))["sample_id"])
+            assert pairs.height > 0 and set(pairs["chosen_id"]) <= gold and not set(pairs["rejected_id"]) & gold
+        if recipe.rounds.count > 1:
+            own = store.read(f"{name}.r2.samples").filter(~pl.col("is_reference"))
+            assert set(own["policy"]) == {str(store_dir / f"models/{name}/r1")}, "round 2 plays round 1's model"
+    if recipe.training.trainer == "rft":
+        for k in range(1, recipe.rounds.count + 1):
+            assert store.kind(f"{name}.r{k}.pairs") == "sft"
+        assert all("rft" in t for t in store.read("models")["trainer"])
+    if recipe.sampling.greedy:      # one greedy answer per prompt beside the n samples, keyed apart
+        samples = store.read(f"{name}.r1.samples")
+        greedy = samples.filter(pl.col("sample_index") == recipe.sampling.n)
+        assert greedy.height == samples["prompt_id"].n_unique() > 0
+        assert all(json.loads(x)["temperature"] == 0.0 for x in greedy["sampling"])

@@ -70,6 +70,31 @@ def test_best_of_n_keys_and_lineage(store, backend):
     assert sample_stage(store, counting, cfg, prompts="prompts", output="samples") == ref and counting.asked == []
 
 
+def test_greedy_adds_the_policys_greedy_answer_keyed_apart(store, backend):
+    rows = _prompts(store)
+    cfg = SamplingStageConfig(n=2, max_tokens=6, batch_size=4, temperature=1.0, greedy=True)
+    df = store.read(sample_stage(store, backend, cfg, prompts="prompts", output="g"))
+    assert df.height == 18 and df["sample_id"].n_unique() == 18
+    g = df.filter(pl.col("sample_index") == 2).sort("prompt_id")
+    assert g.height == 6 and all('"temperature": 0.0' in x for x in g["sampling"])
+    assert g.filter(pl.col("prompt_id") == rows[0]["prompt_id"])["sample_id"][0] == keys.sample_id(
+        rows[0]["prompt_id"], policy=backend.model_id, revision=backend.revision,
+        sampling=cfg.greedy_sampling().key_params(), seed=0, index=2)
+    # the same answers as greedy sampling on its own
+    alone = store.read(sample_stage(store, backend, SamplingStageConfig(n=1, max_tokens=6, temperature=0.0),
+                                    prompts="prompts", output="alone")).sort("prompt_id")
+    assert g["completion"].to_list() == alone["completion"].to_list()
+    # the greedy answer enters the lineage config; a rerun generates nothing
+    assert '"greedy": true' in lineage_of(store, "g").row(-1, named=True)["config"]
+    counting = Counting(backend)
+    sample_stage(store, counting, cfg, prompts="prompts", output="g")
+    assert counting.asked == []
+    with pytest.raises(ValueError, match="greedy works with mode best_of_n"):
+        SamplingStageConfig(mode="sppo", greedy=True)
+    with pytest.raises(ValueError, match="greedy already"):
+        SamplingStageConfig(temperature=0.0, greedy=True)
+
+
 def test_interrupt_then_resume_recomputes_nothing(store, backend):
     _prompts(store)
     cfg = SamplingStageConfig(n=2, max_tokens=5, batch_size=2, temperature=1.0)

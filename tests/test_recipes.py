@@ -113,7 +113,8 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
     r = load_recipe("recipes/quickstart.yaml")
     samples = [s for s in planned["stages"] if s["kind"] == "sample"]
     base = [s for s in compile_plan(r).stages if s.kind == "sample"]
-    assert samples[0]["generations"] * r.sampling.n == base[0].generations * 2
+    per_prompt = r.sampling.n + r.sampling.greedy          # n samples, plus the greedy answer when asked
+    assert samples[0]["generations"] * per_prompt == base[0].generations * (2 + r.sampling.greedy)
     assert "quickstart.r1.scores.rules" in planned["tables"]
 
 

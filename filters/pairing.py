@@ -81,9 +81,10 @@ def _check_tie_break(tie_break: str) -> None:
         raise ValueError(f"unknown tie_break {tie_break!r}; expected one of {', '.join(TIE_BREAKS)}")
 
 
-def _not_greedy(schema, greedy: str) -> pl.Expr:
-    """0 for the policy's greedy answer, 1 otherwise (sorts greedy answers first)."""
-    if greedy not in schema:
+def _not_greedy(schema, greedy: str, tie_break: str) -> pl.Expr:
+    """Under greedy_first 0 for the policy's greedy answer, 1 otherwise (sorts greedy answers
+    first); 1 for every answer under the other tie-breaks or without a `greedy` column."""
+    if tie_break != "greedy_first" or greedy not in schema:
         return pl.lit(1, dtype=pl.Int8)
     return (~pl.col(greedy).fill_null(False)).cast(pl.Int8)
 
@@ -102,8 +103,7 @@ def best_vs_worst(
     if tie_break in ("length_matched", "greedy_first"):
         schema = frame.collect_schema()
         words = word_count(as_text(schema, text)).fill_null(0).cast(pl.Int64)
-        g = _not_greedy(schema, greedy) if tie_break == "greedy_first" else pl.lit(1, dtype=pl.Int8)
-        valid = valid.with_columns(words.alias("_w"), g.alias("_ng"))
+        valid = valid.with_columns(words.alias("_w"), _not_greedy(schema, greedy, tie_break).alias("_ng"))
         best = valid.filter(s == s.max().over(prompt)).select(prompt, k.alias("chosen_id"),
                                                                s.alias("chosen_score"), pl.col("_w").alias("_cw"))
         worst = valid.filter(s == s.min().over(prompt)).select(prompt, k.alias("rejected_id"), pl.col("_ng"),
@@ -172,8 +172,7 @@ def all_pairs_above_margin(
     schema = frame.collect_schema()
     matched = tie_break != "sample_id"
     words = word_count(as_text(schema, text)).fill_null(0).cast(pl.Int64) if matched else pl.lit(0)
-    g = _not_greedy(schema, greedy) if tie_break == "greedy_first" else pl.lit(1, dtype=pl.Int8)
-    v = v.select(prompt, sample, score, words.alias("_w"), g.alias("_ng"))
+    v = v.select(prompt, sample, score, words.alias("_w"), _not_greedy(schema, greedy, tie_break).alias("_ng"))
     pairs = (
         v.drop("_ng").rename({sample: "chosen_id", score: "chosen_score", "_w": "_cw"})
         .join(v.rename({sample: "rejected_id", score: "rejected_score", "_w": "_rw"}), on=prompt)

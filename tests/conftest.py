@@ -19,6 +19,77 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ.setdefault("PREFMILL_CACHE", os.path.join(_HOME, "cache"))
 
 
+def _start_prefect_server():
+    """One Prefect API server for the whole session (started here, before any test module
+    imports Prefect, so in-process flows and every `prefmill run` subprocess use it). Without it
+    each process that runs a flow starts Prefect's temporary server: 19-27 s of CPU on these
+    2-core machines, paid by every CLI subprocess and every failed in-process run. Tests of the
+    default path (no PREFECT_API_URL) drop the variable from their subprocess's environment
+    (tests/test_e2e.py::test_full_chain_two_rounds_then_rerun_reuses). PREFMILL_TEST_PREFECT_SERVER=0
+    or a PREFECT_API_URL of your own turns it off."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFMILL_TEST_PREFECT_SERVER") == "0":
+        return None
+    import atexit
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = os.path.join(_HOME, "prefect-server")
+    os.makedirs(home, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    log = open(os.path.join(home, "server.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+    atexit.register(stop)
+    return proc, os.path.join(home, "server.log")
+
+
+_PREFECT_SERVER = _start_prefect_server()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """The session's Prefect API URL, once the server answers /health (None when turned off)."""
+    if _PREFECT_SERVER is None:
+        yield os.environ.get("PREFECT_API_URL")
+        return
+    import time
+    import urllib.request
+
+    proc, log = _PREFECT_SERVER
+    url = os.environ["PREFECT_API_URL"]
+    deadline = time.monotonic() + 240
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the test session's prefect server exited ({proc.returncode}): "
+                               f"{open(log).read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test session's prefect server did not answer in 240 s: {open(log).read()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random causal Llama (float32) with a trained BPE tokenizer and a ChatML template."""

@@ -44,8 +44,12 @@ report: {{out: {tmp / 'report'}}}
     return path
 
 
-def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], tmp: Path, ephemeral: bool = False) -> subprocess.CompletedProcess:
+    """`prefmill ARGS` in a subprocess; on the session's Prefect server (tests/conftest.py) unless
+    `ephemeral`, the user's default: no PREFECT_API_URL, Prefect's temporary server."""
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+    if ephemeral:
+        env.pop("PREFECT_API_URL", None)
     return subprocess.run(PREFMILL + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -58,7 +62,7 @@ def _versions(store: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_full_chain_two_rounds_then_rerun_reuses(tmp_path, tiny_model_dir):
     recipe, store = _recipe(tmp_path, tiny_model_dir), tmp_path / "store"
-    first = _run(["run", str(recipe), "--store", str(store)], tmp_path)
+    first = _run(["run", str(recipe), "--store", str(store)], tmp_path, ephemeral=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "report:" in first.stdout
 

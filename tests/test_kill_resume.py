@@ -74,6 +74,8 @@ def _flow_proc(root: Path, model: Path, home: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", OMP_NUM_THREADS="1")
+    if os.environ.get("PREFECT_API_URL"):   # the session's server (tests/conftest.py)
+        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
     return subprocess.Popen([sys.executable, "-c", FLOW, str(ROOT), str(root), str(model)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 

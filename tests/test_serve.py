@@ -59,7 +59,10 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
+def prefect_server(tmp_path_factory, prefect_api):
+    if prefect_api:                     # the session's server (tests/conftest.py)
+        yield prefect_api
+        return
     home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     log = open(home / "server.log", "w")

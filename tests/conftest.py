@@ -20,15 +20,18 @@ os.environ.setdefault("PREFMILL_CACHE", os.path.join(_HOME, "cache"))
 
 
 def _start_prefect_server():
-    """One Prefect API server for the whole session (started here, before any test module
-    imports Prefect, so in-process flows and every `prefmill run` subprocess use it). Without it
-    each process that runs a flow starts Prefect's temporary server: 19-27 s of CPU on these
-    2-core machines, paid by every CLI subprocess and every failed in-process run. Tests of the
-    default path (no PREFECT_API_URL) drop the variable from their subprocess's environment
+    """One Prefect API server for the session's subprocesses: without it every `prefmill run`
+    subprocess starts Prefect's temporary server, 19-27 s of CPU each on these 2-core machines.
+    This process keeps its own temporary server (Prefect reads its settings when prefect.context
+    is imported, just below, before PREFECT_API_URL is set): measured, in-process flows on the
+    shared server slowed down as its database filled (tests/test_recipes_e2e.py 129 s on a
+    fresh server, 167 s on the second pass, 142 s on the temporary server). Tests of the
+    default path drop the variable from their subprocess's environment
     (tests/test_e2e.py::test_full_chain_two_rounds_then_rerun_reuses). PREFMILL_TEST_PREFECT_SERVER=0
     or a PREFECT_API_URL of your own turns it off."""
     if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFMILL_TEST_PREFECT_SERVER") == "0":
         return None
+    import prefect.context  # noqa: F401 - fixes this process's settings: no API URL, the temporary server
     import atexit
     import socket
     import subprocess
@@ -41,6 +44,11 @@ def _start_prefect_server():
     os.makedirs(home, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    # services no test needs (the scheduler stays: tests/test_serve.py): idle, a full server
+    # polls for ~30% of a core, ~17% without these
+    for svc in ("LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "TRIGGERS",
+                "DB_VACUUM", "EVENT_PERSISTER"):
+        env[f"PREFECT_SERVER_SERVICES_{svc}_ENABLED"] = "false"
     log = open(os.path.join(home, "server.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -64,7 +72,7 @@ _PREFECT_SERVER = _start_prefect_server()
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api():
-    """The session's Prefect API URL, once the server answers /health (None when turned off)."""
+    """The URL of the subprocesses' Prefect server once it answers /health (None when off)."""
     if _PREFECT_SERVER is None:
         yield os.environ.get("PREFECT_API_URL")
         return

@@ -16,6 +16,12 @@ adds validation prompts built from the seed prompts the run did not use (its `se
 them out; a seed whose text begins any of the run's prompts is skipped), with validation-split
 constraints drawn the demo's way (validation phrasings, values and kinds, never the test
 split's), `--more-limit` of them.
+
+`--split heldout` evaluates the TEST split instead (for a report after the decisions, never
+for tuning); with `--more-seeds` the added prompts get test-split constraints (the kinds,
+phrasings and values that training never sees). `--more-offset K` skips the first K unused
+seeds: the sixth session's validation prompts took the first 100, so a test set must start
+after them (`--more-offset 100`).
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--more-seeds", help="seed JSONL (`prompt` per line): add validation prompts from unused seeds")
     ap.add_argument("--more-limit", type=int, default=120, help="at most this many added prompts")
+    ap.add_argument("--more-offset", type=int, default=0, help="skip the first K unused seeds")
     ap.add_argument("--k-max", type=int, default=2, help="added prompts: most constraints per prompt (k_min 1)")
     ap.add_argument("models", nargs="+", help="model folders or built-in names; the first is the baseline")
     a = ap.parse_args(argv)
@@ -54,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if prompts.is_empty():
         raise SystemExit(f"error: no prompts with split == {a.split!r} in {a.prompts}; pick --split or --prompts")
     if a.more_seeds:
-        prompts = pl.concat([prompts, _more_prompts(src.read(a.prompts), a.more_seeds, a.more_limit, a.k_max)],
+        prompts = pl.concat([prompts, _more_prompts(src.read(a.prompts), a.more_seeds, a.more_limit, a.k_max,
+                                                          split=a.split, offset=a.more_offset)],
                             how="vertical_relaxed")
     tag = f"{int(time.time())}"
     scratch.append(f"val{tag}.prompts", prompts, kind="prompts")
@@ -91,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _more_prompts(run_prompts, seeds_path: str, limit: int, k_max: int):
-    """Validation prompts from the seeds the run did not use (see the module docstring)."""
+def _more_prompts(run_prompts, seeds_path: str, limit: int, k_max: int, *, split: str = "validation",
+                  offset: int = 0):
+    """Prompts of `split` from the seeds the run did not use (see the module docstring)."""
     import polars as pl
 
     from pipelines.prompts import prompt_row, prompts_frame
@@ -100,13 +109,16 @@ def _more_prompts(run_prompts, seeds_path: str, limit: int, k_max: int):
 
     used = [m[-1]["content"] for m in run_prompts["messages"].to_list()]
     cfg = ConstraintConfig(k_min=1, k_max=k_max)
-    rows = []
+    rows, skipped = [], 0
     for text in pl.read_ndjson(seeds_path)["prompt"].to_list():
         t = (text or "").strip()
         if not t or any(u.startswith(t) for u in used):
             continue
+        if skipped < offset:
+            skipped += 1
+            continue
         row = prompt_row([{"role": "user", "content": t}], task_type="instruction", source="seed:unused",
-                         split="validation")
+                         split=split)
         rows.append(constrain(row, cfg))
         if len(rows) >= limit:
             break

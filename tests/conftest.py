@@ -20,18 +20,18 @@ os.environ.setdefault("PREFMILL_CACHE", os.path.join(_HOME, "cache"))
 
 
 def _start_prefect_server():
-    """One Prefect API server for the session's subprocesses: without it every `prefmill run`
-    subprocess starts Prefect's temporary server, 19-27 s of CPU each on these 2-core machines.
-    This process keeps its own temporary server (Prefect reads its settings when prefect.context
-    is imported, just below, before PREFECT_API_URL is set): measured, in-process flows on the
-    shared server slowed down as its database filled (tests/test_recipes_e2e.py 129 s on a
-    fresh server, 167 s on the second pass, 142 s on the temporary server). Tests of the
+    """One Prefect API server for the whole session, in-process flows and every `prefmill run`
+    subprocess (PREFECT_API_URL is set here, before any test module imports Prefect): without it
+    every such subprocess starts Prefect's temporary server, 19-27 s of CPU each on these 2-core
+    machines. Measured: in-process flows on it slow down as its database fills
+    (tests/test_recipes_e2e.py 129 s on a fresh server, 167 s on a second pass, 142 s on the
+    temporary server); a version that kept this process on its own temporary server (importing
+    prefect.context here first) segfaulted once in the fast tier and was not kept. Tests of the
     default path drop the variable from their subprocess's environment
     (tests/test_e2e.py::test_full_chain_two_rounds_then_rerun_reuses). PREFMILL_TEST_PREFECT_SERVER=0
     or a PREFECT_API_URL of your own turns it off."""
     if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFMILL_TEST_PREFECT_SERVER") == "0":
         return None
-    import prefect.context  # noqa: F401 - fixes this process's settings: no API URL, the temporary server
     import atexit
     import socket
     import subprocess
@@ -72,7 +72,7 @@ _PREFECT_SERVER = _start_prefect_server()
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api():
-    """The URL of the subprocesses' Prefect server once it answers /health (None when off)."""
+    """The session's Prefect API URL once the server answers /health (None when turned off)."""
     if _PREFECT_SERVER is None:
         yield os.environ.get("PREFECT_API_URL")
         return

@@ -2,19 +2,24 @@
 `vllm.LLM.chat` over all prompts, same prompts, params and engine, side by side in one run.
 
     VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/generation.py               # both cases
-    python benchmarks/generation.py --cases tiny --ours stage                     # today's sample_stage
+    python benchmarks/generation.py --cases smollm2 --ours stage,stream --reps 1  # also the minimal loop
 
 Cases (issue 13): `tiny` = 2,048 prompts x n=4 x 64 tokens on a tiny random Llama (always runs to
 max_tokens: measures per-request overhead), `smollm2` = 256 prompts x n=4 x up to 96 tokens on
 the embedded SmolLM2 (answers end at different lengths: measures the batch tail).
 
-`--ours` picks prefmill's side:
-- `stream` (default): `backend.stream()` fed lazily from the prompts table through a minimal
-  commit loop equal to what the stage driver does: keys first, then completions -> rows ->
-  one atomic `StageRun.write` every `--commit-rows` rows or `--commit-s` seconds, then
-  `StageRun.finish`. (Switch to the real stage driver once it lands.)
-- `stage`: `pipelines.sampling.sample_stage` with its default batch size (the "before": the
-  engine drains each batch of 64 prompts before the next starts).
+`--ours` picks prefmill's side(s):
+- `stage` (default, the headline): `pipelines.sampling.sample_stage` exactly as a recipe runs it,
+  batch size and commit interval at their defaults: the stage driver streams every prompt's
+  request into `backend.stream()` (the engine stays full across batch boundaries) and a writer
+  thread commits the finished samples every 64 prompts or 10 s, then `finish` (target keys,
+  lineage).
+- `stream`: a minimal loop over `backend.stream()` written in this file (keys first, then
+  completions -> rows -> one atomic `StageRun.write` every `--commit-rows` rows or `--commit-s`
+  seconds, in the engine's thread, then `StageRun.finish`): what the stage driver must not be
+  slower than.
+The "before" figures in docs/benchmarks.md (each batch of 64 prompts drained before the next
+starts) came from `--ours stage` run on a snapshot of commit 063531d.
 
 Per case: one engine; a prefill-only pass (max_tokens=1) over every prompt warms the prefix
 cache for both sides; then raw and prefmill runs alternate `--reps` times. Throughput =
@@ -176,7 +181,7 @@ def model_path(name: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="tiny,smollm2", help="comma list of: " + ", ".join(CASES))
-    ap.add_argument("--ours", default="stream", help="prefmill's side(s), comma list of stream, stage (module doc)")
+    ap.add_argument("--ours", default="stage", help="prefmill's side(s), comma list of stream, stage (module doc)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=None, help="override the case's prompt count (smoke runs)")
     ap.add_argument("--max-tokens", type=int, default=None, help="override the case's max_tokens")
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"prefmill/{s} {r[s + '_tok_s']} tok/s (efficiency {r['efficiency'][s]:.3f})" for s in sides)
               + f", load {r['load_avg']}", flush=True)
     print(json.dumps(results))
-    # The headline is prefmill's own path: the first side asked for (stream unless --ours says otherwise).
+    # The headline is prefmill's own path: the first side asked for (the stage unless --ours says otherwise).
     print(f"generation_efficiency: {min(r['efficiency'][sides[0]] for r in results):.2f}")
 
 

@@ -102,11 +102,28 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _wants_local_api(argv: list[str]) -> bool:
+    from flows.local_api import wanted
+
+    return wanted(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _env_defaults(verbose=any(a in ("-v", "--verbose") for a in argv))
+    local_api = None
+    if _wants_local_api(argv):          # `prefmill run`: the temporary Prefect API starts first
+        from flows.local_api import LocalAPI
+
+        local_api = LocalAPI()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        if local_api is not None:
+            local_api.close()
+        raise
+    args.local_api = local_api
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not getattr(args, "func", None):

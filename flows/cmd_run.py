@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 
 from flows.recipe import RecipeError, load_recipe
 
@@ -25,50 +24,6 @@ def _limit(text: str | None) -> int | None:
     if n < 1:
         raise RecipeError(f"--limit {n}: use a positive number of prompts, e.g. --limit 8")
     return n
-
-
-class _EarlyAPI:
-    """Without PREFECT_API_URL, Prefect starts a temporary local API server when the flow starts
-    (seconds to tens of seconds on a loaded machine). Start it now, in a thread, so it comes up
-    while the engines and libraries import and the preflight runs; the flow waits for it. The
-    server module is imported here, in the calling thread (imports from two threads at once race
-    with code that walks sys.modules); the thread only spawns the server and polls its health. A
-    failed early start is harmless: the flow starts the server itself. Prefect's start/stop
-    notices are silenced (stderr carries prefmill's one-line errors only); a run that fails before
-    its flow starts stops the server again."""
-
-    def __init__(self) -> None:
-        import logging
-
-        from prefect.server.api import server as api_server
-        from prefect.settings import PREFECT_API_URL
-
-        self.thread: threading.Thread | None = None
-        if PREFECT_API_URL.value():
-            return
-        logger = getattr(api_server, "subprocess_server_logger", None)
-        if isinstance(logger, logging.Logger):
-            logger.setLevel(logging.WARNING)
-        self.server = api_server.SubprocessASGIServer()
-        self.thread = threading.Thread(target=self._start, name="prefmill-prefect-api", daemon=True)
-        self.thread.start()
-
-    def _start(self) -> None:
-        try:
-            self.server.start()
-        except Exception:  # noqa: BLE001 - the flow retries the start and reports its own error
-            pass
-
-    def ready(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-
-    def close(self, failed: bool) -> None:
-        """Never leave the start-up thread behind this command; stop the server of a run that
-        failed before or in its flow (the next command in this process starts a fresh one)."""
-        self.ready()
-        if failed and self.thread is not None:
-            self.server.stop()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    ok = False
+    try:
+        code = _run(args, getattr(args, "local_api", None))   # a temporary Prefect API flows.cli started
+        ok = True
+        return code
+    finally:
+        api = getattr(args, "local_api", None)
+        if api is not None and not ok:      # a failed run stops its server now; a finished one at exit
+            api.close()
+
+
+def _run(args: argparse.Namespace, api) -> int:
     if args.json and not args.dry_run:
         raise RecipeError("--json goes with --dry-run (a run prints its summary); add --dry-run or drop --json")
     scale = [f"scale.{k}={v}" for k, v in (("engine", args.scale), ("workers", args.workers),
@@ -101,15 +68,15 @@ def run(args: argparse.Namespace) -> int:
         plan = compile_plan(recipe)
         print(plan_json(plan) if args.json else format_plan(recipe, plan))
         return 0
+    from flows.local_api import LocalAPI, wanted
     from flows.loop import run_recipe
 
-    api = _EarlyAPI()
-    failed = True
-    try:
-        result = run_recipe(recipe, store=args.store, recipe_path=args.recipe, api_ready=api.ready)
-        failed = False
-    finally:
-        api.close(failed)
+    if api is None and wanted(["run"]):
+        api = args.local_api = LocalAPI()
+    if api is not None:
+        api.adopt()
+    result = run_recipe(recipe, store=args.store, recipe_path=args.recipe,
+                        api_ready=api.ready if api is not None else None)
     print(result.summary())
     if result.failed:
         print(f"prefmill: error: {result.failed}", file=sys.stderr)

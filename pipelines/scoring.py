@@ -23,7 +23,7 @@ import polars as pl
 from generators.backends.base import Backend
 from generators.scorers.config import parse_scorer_config
 from pipelines import keys
-from pipelines.driver import Batch, Identity, Item, WorkBase, drive
+from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.scoring")
@@ -58,6 +58,19 @@ def evaluate_frame(scorer: Any, cfg: Any, frame: pl.DataFrame) -> list:
     """Run a point scorer on rows holding messages + completion (+ the extras it declares)."""
     extras = {name: frame[EXTRA_COLUMNS[name]].to_list() for name in cfg.inputs}
     return scorer.evaluate(frame["messages"].to_list(), frame["completion"].to_list(), **extras)
+
+
+def results_usage(results: Sequence[Any]) -> Usage:
+    """What model-based scorers spent on these results (ScoreResult.usage; rules and local heads
+    report none)."""
+    usage = Usage()
+    for r in results:
+        if getattr(r, "usage", None):
+            calls, prompt, completion = r.usage
+            usage.calls += calls
+            usage.prompt_tokens += prompt
+            usage.completion_tokens += completion
+    return usage
 
 
 class ScoreWork(WorkBase):
@@ -110,7 +123,7 @@ class ScoreWork(WorkBase):
                 bad.append((batch["score_id"][i], reason, {"sample_id": batch["sample_id"][i], "scorer": self.id,
                                                           "score": repr(r.score), "raw": raw}))
         rows = score_rows(batch[ok], self.id, [results[i] for i in ok]) if ok else None
-        return Batch(rows=rows, bad=bad)
+        return Batch(rows=rows, bad=bad, usage=results_usage(results))
 
     def stream(self, items: Iterator[Item]) -> Iterator[Batch]:
         """Judges with `evaluate_stream` keep their engine full across batches (one Batch per row)."""
@@ -122,12 +135,12 @@ class ScoreWork(WorkBase):
         for it, r in self.scorer.evaluate_stream(requests):
             batch = pl.DataFrame([it.payload], schema=self.rows.schema)
             if r.ok:
-                yield Batch(rows=score_rows(batch, self.id, [r]))
+                yield Batch(rows=score_rows(batch, self.id, [r]), usage=results_usage([r]))
             else:
                 raw = r.failure.raw if r.failure is not None else r.text
                 yield Batch(bad=[(it.key, r.failure.reason if r.failure is not None else "non_finite_score",
                                   {"sample_id": it.payload["sample_id"], "scorer": self.id, "score": repr(r.score),
-                                   "raw": raw})])
+                                   "raw": raw})], usage=results_usage([r]))
 
     def close(self) -> None:
         if self._loaded:

@@ -54,20 +54,15 @@ def _run(tmp: Path, recipe: Path) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the process table from /proc")
 def test_run_without_an_api_url_uses_its_own_server_and_stops_it(tmp_path, tiny_model_dir):
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("\n".join((ROOT / "recipes/data/seed_prompts.jsonl").read_text().splitlines()[:8]) + "\n")
+    seeds.write_text("\n".join((ROOT / "recipes/data/spin_seeds.jsonl").read_text().splitlines()[:6]) + "\n")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
 name: lapi
 policy: {{kind: transformers, model: {tiny_model_dir}}}
-prompts:
-  seeds: {{path: {seeds}}}
-  constraints: {{k_min: 1, k_max: 1, kinds: [lowercase, no_commas]}}
-  heldout_fraction: 0.0
-sampling: {{n: 3, temperature: 1.0, max_tokens: 10, batch_size: 8}}
-scoring:
-  - {{name: rules, kind: rule_instructions}}
-  - {{name: pairwise, kind: pairwise_judge, backend: {{kind: transformers, model: {tiny_model_dir}}}, reading: constrained}}
-pairs: {{strategy: best_vs_worst, judge_agreement: false}}
+prompts: {{seeds: {{path: {seeds}, reference_column: reference}}, heldout_fraction: 0.0}}
+sampling: {{mode: spin, n: 1, max_tokens: 6, batch_size: 8}}
+scoring: []
+pairs: {{strategy: spin_pairs}}
 rounds: {{count: 0}}
 report: null
 """)
@@ -81,6 +76,7 @@ report: null
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nbogus: 1\n")
+    (tmp_path / "b").mkdir()
     out = _run(tmp_path / "b", bad)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "prompts" in out.stderr, out.stderr
     assert _servers_of(tmp_path / "b" / "prefect") == []

@@ -48,7 +48,8 @@ class ScriptedBackend:
         out = []
         for conv in conversations:
             self.calls += 1
-            out.append([Completion(self.reply(conv[0]["content"], self.calls)) for _ in range(sampling.n)])
+            out.append([Completion(self.reply(conv[0]["content"], self.calls), prompt_tokens=7, completion_tokens=3)
+                        for _ in range(sampling.n)])
         return out
 
 
@@ -116,6 +117,11 @@ def test_judge_stage_quarantines_unparseable_replies_with_raw_text(store):
     q = store.read("quarantine")
     assert q.height == 3 and all(r.startswith("unparseable_judge_reply") for r in q["reason"])
     assert all("I cannot tell." in json.loads(p)["raw"] for p in q["payload"])
+    # what the judge spent is in the stage's lineage (the funnel's calls and tokens): one request of
+    # k=2 replies per sample, quarantined ones included, the prompt counted once per request
+    from pipelines.stage import lineage_of
+    stats = json.loads(lineage_of(store, "jscores").row(-1, named=True)["stats"])
+    assert (stats["calls"], stats["prompt_tokens"], stats["completion_tokens"]) == (n, 7 * n, 2 * 3 * n)
     # a rerun skips quarantined keys too (same config): nothing is asked again
     be = ScriptedBackend(reply)
     score_samples(store, samples="samples", prompts="prompts", scorer_cfg=cfg, output="jscores", backend=be)

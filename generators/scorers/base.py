@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -83,7 +83,8 @@ class ScorerConfigBase(BaseModel):
 @dataclass(frozen=True)
 class ScoreResult:
     """One response's score. `attributes` for multi-head models; `spread` is the std over k
-    judge samples; `text` the judge or critique reply (a JSON list when k > 1); `details` JSON."""
+    judge samples; `text` the judge or critique reply (a JSON list when k > 1); `details` JSON;
+    `usage` what a model-based judge spent on it: (model calls, prompt tokens, completion tokens)."""
 
     score: float | None
     attributes: dict[str, float] | None = None
@@ -91,6 +92,7 @@ class ScoreResult:
     text: str | None = None
     details: str | None = None
     failure: ParseFailure | None = None
+    usage: tuple[int, int, int] | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -144,3 +146,8 @@ class PairScorer(Protocol):
 def non_finite(value: float, raw: str) -> ParseFailure | None:
     """A ParseFailure for NaN / inf scores (they would poison means and margins), else None."""
     return None if math.isfinite(value) else ParseFailure("non_finite_score", raw)
+
+
+def completions_usage(completions: Sequence[Any]) -> tuple[int, int, int]:
+    """One judge request's usage (ScoreResult.usage): the prompt counted once, every reply's tokens."""
+    return (1, completions[0].prompt_tokens if completions else 0, sum(c.completion_tokens for c in completions))

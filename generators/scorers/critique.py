@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from generators.backends.base import Backend, Conversation
-from generators.scorers.base import ScoreResult
+from generators.scorers.base import ScoreResult, completions_usage
 from generators.scorers.judge_parse import ParseFailure, parse_score
 from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
 
@@ -80,8 +80,8 @@ class CritiqueJudge(LLMJudge):
             value = parse_score(c.text, low=self.cfg.low, high=self.cfg.high)
             details = json.dumps({"finish_reason": c.finish_reason})
             if isinstance(value, ParseFailure):
-                out.append(ScoreResult(score=None, text=c.text, details=details,
+                out.append(ScoreResult(score=None, text=c.text, details=details, usage=completions_usage([c]),
                                        failure=ParseFailure(f"unparseable_critique({value.reason})", c.text)))
             else:
-                out.append(ScoreResult(score=value, text=c.text, details=details))
+                out.append(ScoreResult(score=value, text=c.text, details=details, usage=completions_usage([c])))
         return out

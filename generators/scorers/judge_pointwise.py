@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from generators.backends.base import Backend, Conversation
-from generators.scorers.base import ScoreResult
+from generators.scorers.base import ScoreResult, completions_usage
 from generators.scorers.judge_parse import ParseFailure, parse_score
 from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
 from generators.scorers.readings import Reading, expected, score_choices
@@ -97,9 +98,11 @@ class PointwiseJudge(LLMJudge):
     def _result(self, reading: Reading, completions) -> ScoreResult:
         c = self.cfg
         if c.reading == "logprobs":
-            return _from_distribution(reading, completions[0])
-        return summarize([x.text for x in completions], low=c.low, high=c.high,
-                         min_parsed=min(c.min_parsed or c.k, len(completions)), reading=c.reading)
+            result = _from_distribution(reading, completions[0])
+        else:
+            result = summarize([x.text for x in completions], low=c.low, high=c.high,
+                               min_parsed=min(c.min_parsed or c.k, len(completions)), reading=c.reading)
+        return replace(result, usage=completions_usage(completions))
 
     def evaluate_stream(self, requests: Iterable[tuple[Any, Conversation, str]]) -> Iterator[tuple[Any, ScoreResult]]:
         """Continuously fed judging: (tag, prompt, response) in, (tag, result) out as each reply

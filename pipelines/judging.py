@@ -18,7 +18,7 @@ import polars as pl
 from generators.backends.base import Backend
 from pipelines import keys
 from pipelines.driver import Batch, Identity, Item, WorkBase, drive
-from pipelines.scoring import read_inputs
+from pipelines.scoring import read_inputs, results_usage
 from pipelines.store import Store, TableRef
 
 Progress = Callable[[int, int], None]
@@ -85,7 +85,7 @@ class JudgeWork(WorkBase):
                 "sample_b": sub["sample_b"], "judge": [self.judge.id] * sub.height,
                 "verdict_ab": [out[i].verdict_ab for i in ok], "verdict_ba": [out[i].verdict_ba for i in ok],
                 "text_ab": [out[i].text_ab for i in ok], "text_ba": [out[i].text_ba for i in ok]})
-        return Batch(rows=rows, bad=bad)
+        return Batch(rows=rows, bad=bad, usage=results_usage(out))
 
     def close(self) -> None:
         if self._loaded:

@@ -96,6 +96,14 @@ def test_full_chain_two_rounds_then_rerun_reuses(tmp_path, tiny_model_dir):
     split = ds["train"] if hasattr(ds, "keys") else ds
     assert {"prompt", "chosen", "rejected"} <= set(split.column_names)
     assert (tmp_path / "report" / "report.html").stat().st_size > 1000
+    # the funnel and cost per accepted pair: in the report and in `datasets log --funnel`
+    assert "Funnel and cost per accepted pair" in (tmp_path / "report" / "report.html").read_text()
+    log = _run(["datasets", "log", "tiny", "--funnel", "--store", str(store)], tmp_path)
+    assert log.returncode == 0, log.stderr[-2000:]
+    assert log.stdout.startswith("funnel of recipe tiny: ") and "accepted pairs" in log.stdout, log.stdout
+    cols = next(line.split() for line in log.stdout.splitlines() if line.startswith("table "))
+    sample = next(line.split() for line in log.stdout.splitlines() if line.startswith("tiny.r1.samples "))
+    assert int(sample[cols.index("calls")]) > 0 and int(sample[cols.index("completion_tokens")]) > 0, log.stdout
 
     before = _versions(store)
     again = _run(["run", str(recipe), "--store", str(store)], tmp_path)

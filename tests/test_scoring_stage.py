@@ -137,6 +137,9 @@ def test_pairwise_stage_writes_both_orders(store):
     assert j.height == 4 and (j["sample_a"] < j["sample_b"]).all()
     assert set(j["verdict_ab"]) == {"A"} and set(j["verdict_ba"]) == {"A"}   # stored as presented
     assert j["judgment_id"].n_unique() == 4
+    from pipelines.stage import lineage_of
+    stats = json.loads(lineage_of(store, "judgments").row(-1, named=True)["stats"])
+    assert (stats["calls"], stats["prompt_tokens"], stats["completion_tokens"]) == (8, 8 * 7, 8 * 3)  # both orders
 
 
 def test_ensemble_stage_combines_member_tables(store, tiny_reward_dir, tiny_multi_reward_dir):

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from generators.backends.base import Backend, Conversation
+from generators.scorers.base import completions_usage
 from generators.scorers.judge_parse import ParseFailure, Verdict, parse_verdict, swap_verdict
 from generators.scorers.llm_judge import JudgeConfigBase, LLMJudge, plain
 from generators.scorers.readings import Reading
@@ -66,6 +67,7 @@ class PairJudgment:
     failure: ParseFailure | None = None
     balanced: Verdict | None = None          # logprobs reading: argmax of the two orders' averaged probabilities
     p_a: float | None = None                 # ... and the averaged probability that a is better
+    usage: tuple[int, int, int] | None = field(default=None, compare=False)   # both orders: calls, tokens
 
 
     @property
@@ -144,5 +146,6 @@ class PairwiseJudge(LLMJudge):
                 verdict_ab=None if isinstance(v_ab, ParseFailure) else v_ab,
                 verdict_ba=None if isinstance(v_ba, ParseFailure) else v_ba,
                 text_ab=c_ab.text, text_ba=c_ba.text, failure=failure,
-                balanced=cal[0] if cal else None, p_a=cal[1] if cal else None))
+                balanced=cal[0] if cal else None, p_a=cal[1] if cal else None,
+                usage=tuple(x + y for x, y in zip(completions_usage([c_ab]), completions_usage([c_ba])))))
         return result

@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace, api) -> int:
     if api is None and wanted(["run"]):
         api = args.local_api = LocalAPI()
     if api is not None:
-        api.adopt()
+        api.adopt(quiet=not getattr(args, "verbose", False))
     result = run_recipe(recipe, store=args.store, recipe_path=args.recipe,
                         api_ready=api.ready if api is not None else None)
     print(result.summary())

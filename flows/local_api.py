@@ -64,9 +64,12 @@ class LocalAPI:
         # run's last logs and events are flushed to the server before it stops.
         atexit.register(self.close)
 
-    def adopt(self) -> bool:
+    def adopt(self, *, quiet: bool = True) -> bool:
         """Point Prefect at this server, unless its settings name an API or forbid a temporary one
-        (then stop the server). Call after Prefect is imported, before any flow starts."""
+        (then stop the server). Call after Prefect is imported, before any flow starts. `quiet`
+        keeps Prefect's INFO lines (flow and task run states, a "View at" link to a server that
+        stops with the command) off the console, as for Prefect's own temporary server before:
+        the run prints its progress and summary; `-v` shows them."""
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
         try:
@@ -79,6 +82,10 @@ class LocalAPI:
             return False
         os.environ["PREFECT_API_URL"] = self.url
         refresh_global_settings_context()
+        if quiet:
+            import logging
+
+            logging.getLogger("prefect").setLevel(logging.WARNING)
         self.adopted = True
         return True
 

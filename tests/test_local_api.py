@@ -69,6 +69,7 @@ report: null
     out = _run(tmp_path, recipe)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Starting temporary server" not in out.stdout + out.stderr    # Prefect did not start its own
+    assert "Beginning flow run" not in out.stdout + out.stderr    # Prefect's INFO lines stay off without -v
     assert _servers_of(tmp_path / "prefect") == []
     db = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
     states = db.execute("select state_type from flow_run where name is not null").fetchall()

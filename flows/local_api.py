@@ -105,8 +105,8 @@ class LocalAPI:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"the temporary Prefect API server exited with code {self.proc.returncode} "
-                                       "before it answered; start one with `prefect server start` and set "
-                                       "PREFECT_API_URL, or rerun with -v to see its error")
+                                       "before it answered (its error is printed above); start one with "
+                                       "`prefect server start` and set PREFECT_API_URL")
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
                         return

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import replace
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field, model_validator

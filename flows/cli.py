@@ -102,20 +102,12 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _wants_local_api(argv: list[str]) -> bool:
-    from flows.local_api import wanted
-
-    return wanted(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _env_defaults(verbose=any(a in ("-v", "--verbose") for a in argv))
-    local_api = None
-    if _wants_local_api(argv):          # `prefmill run`: the temporary Prefect API starts first
-        from flows.local_api import LocalAPI
+    from flows.local_api import LocalAPI, wanted
 
-        local_api = LocalAPI()
+    local_api = LocalAPI() if wanted(argv) else None   # `prefmill run`: the temporary Prefect API starts first
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -22,9 +22,10 @@ The "before" figures in docs/benchmarks.md (each batch of 64 prompts drained bef
 starts) came from `--ours stage` run on a snapshot of commit 063531d.
 
 Per case: one engine; a prefill-only pass (max_tokens=1) over every prompt warms the prefix
-cache for both sides; then raw and prefmill runs alternate `--reps` times. Throughput =
-completion tokens / wall seconds; efficiency = median over reps of (prefmill run / the raw run
-just before it). Load averages are printed: figures taken on a shared machine carry them.
+cache for both sides; then `--reps` reps, each one raw run and one run per prefmill side, raw
+first in even reps and last in odd ones. Throughput = completion tokens / wall seconds;
+efficiency = median over reps of (prefmill run / the raw run of the same rep). Load averages
+are printed: figures taken on a shared machine carry them.
 Last line: `generation_efficiency: X.XX`, the lowest efficiency over the cases.
 """
 from __future__ import annotations
@@ -145,18 +146,26 @@ def bench_case(name: str, path: Path, *, prompts_k: int, n: int, max_tokens: int
             cfg = SamplingStageConfig(n=n, temperature=0.8, top_p=0.95, max_tokens=max_tokens, split="all")
             raw_side(be, convs, Sampling(n=1, temperature=0, max_tokens=1))      # prefill pass: warm prefix cache
             for r in range(reps):
-                loads.append(os.getloadavg()[0])
-                tok, dt = raw_side(be, convs, cfg.sampling())
-                raw.append((tok / dt, tok, dt))
-                print(f"  {name} rep {r}: raw {tok} tokens in {dt:.1f} s ({tok / dt:.0f} tok/s), "
-                      f"load {os.getloadavg()[0]:.1f}", flush=True)
-                for side in sides:
+                # Order alternates (raw first in even reps, prefmill first in odd ones), so that a
+                # drift within a rep (warm caches, the collector's work left by the side before)
+                # does not always favour the same side.
+                order = ["raw", *sides] if r % 2 == 0 else [*sides, "raw"]
+                for side in order:
+                    loads.append(os.getloadavg()[0])
+                    if side == "raw":
+                        tok, dt = raw_side(be, convs, cfg.sampling())
+                        raw.append((tok / dt, tok, dt))
+                        print(f"  {name} rep {r}: raw {tok} tokens in {dt:.1f} s ({tok / dt:.0f} tok/s), "
+                              f"load {os.getloadavg()[0]:.1f}", flush=True)
+                        continue
                     tok, dt = fns[side](be, store, cfg.model_copy(update={"seed": 100 + r}), f"{side}{r}",
                                         commit_rows=commit_rows, commit_s=commit_s)
                     mine[side].append((tok / dt, tok, dt))
-                    loads.append(os.getloadavg()[0])
                     print(f"  {name} rep {r}: prefmill/{side} {tok} tokens in {dt:.1f} s ({tok / dt:.0f} tok/s), "
-                          f"efficiency {tok / dt / raw[-1][0]:.3f}, load {loads[-1]:.1f}", flush=True)
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
+                print(f"  {name} rep {r}: efficiency " + ", ".join(
+                    f"{s} {mine[s][-1][0] / raw[-1][0]:.3f}" for s in sides) + f" (order {' -> '.join(order)})",
+                    flush=True)
     finally:
         be.close()
     # Paired: each prefmill run against the raw run of its rep (same machine load, as far as it goes).

@@ -28,7 +28,8 @@ from flows.budget import Budget, BudgetExhausted
 from flows.engines import close_pool
 from flows.plan import Plan, StageSpec, compile_plan
 from flows.recipe import Recipe, load_recipe
-from flows.stage_tasks import RETRIED, RUNNERS, NothingToTrain, RunContext, table_ref
+from flows.stage_tasks import (RETRIED, RUNNERS, NothingToTrain, RunContext, followers_of, start_followers,
+                               stop_followers, table_ref)
 from flows.tasks import _is_transient, publish
 from pipelines.store import Store, default_root
 
@@ -147,6 +148,7 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
                 continue
             if (result.stopped or result.failed) and not ctx.has_inputs(spec):
                 continue
+            followers = start_followers(ctx, spec, followers_of(ctx, spec, plan.stages))
             try:
                 result.results[spec.id] = run_spec(spec, ctx)
             except BudgetExhausted as e:
@@ -154,6 +156,8 @@ def execute(recipe: Recipe, root: str, run_id: str) -> RunResult:
                 result.stopped = str(e)
             except NothingToTrain as e:
                 result.failed, result.ok = str(e), False
+            finally:
+                stop_followers(ctx, followers)
             if not spec.final and (result.stopped or result.failed):
                 close_pool(run_id)
     finally:

@@ -191,6 +191,9 @@ class ScaleSection(BaseModel):
                                        "shard i sends its requests to endpoints[i % len]")
     retries: int = Field(2, ge=0, description="retries of a failed shard task (committed batches are kept)")
     threads_per_worker: int = Field(1, ge=1, description="dask local cluster: threads per worker process")
+    overlap: bool = Field(True, description="an LLM judge served by an endpoint scores each batch of samples as "
+                          "soon as it is committed, while the policy keeps sampling (stages not sharded); false: "
+                          "score after sampling")
 
     @model_validator(mode="after")
     def _check(self):

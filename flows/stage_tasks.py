@@ -56,6 +56,7 @@ class RunContext:
     initial: str                                  # the initial policy: a model folder, or a served name
     results: dict[str, str] = field(default_factory=dict)   # spec id -> table@version or model folder
     identity_only: bool = False   # the coordinator's pass after a stage's shards: engines are not loaded
+    prescored: dict = field(default_factory=dict)   # score spec id -> Usage its ScoreFollower spent
 
     @property
     def store(self) -> Store:
@@ -208,7 +209,48 @@ def run_score(ctx: RunContext, spec: StageSpec) -> str:
     with _progress(spec) as cb:
         return str(score_samples(ctx.store, samples=ctx.input(spec, "samples"), prompts=ctx.input(spec, "prompts"),
                                  scorer_cfg=cfg, output=spec.output, progress=cb,
-                                 backend=_scorer_backend(ctx, spec, cfg), members=members))
+                                 backend=_scorer_backend(ctx, spec, cfg), members=members,
+                                 usage=ctx.prescored.pop(spec.id, None)))
+
+
+def followers_of(ctx: RunContext, spec: StageSpec, stages: list[StageSpec]) -> list[StageSpec]:
+    """The score stages that can run beside sampling stage `spec` (recipe `scale.overlap`, default on):
+    point scorers on its samples whose LLM is an endpoint (no engine of this machine's), neither
+    stage sharded. A local judge would compete with a local policy for the same cores or GPU."""
+    scale, recipe = ctx.recipe.scale, ctx.recipe
+    if (spec.kind != "sample" or not scale.overlap or ctx.identity_only or scale.shards_stage("sample")
+            or scale.shards_stage("score")):
+        return []
+    out = []
+    for s in stages:
+        if s.kind != "score" or s.inputs.get("samples") != spec.id:
+            continue
+        cfg = recipe.scorer(s.params["scorer"])
+        if not cfg.uses_backend:
+            continue
+        judge = ctx.policy_config(ctx.input(spec, "policy")) if recipe.rounds.self_rewarding else cfg.backend_config()
+        if judge.remote:
+            out.append(s)
+    return out
+
+
+def start_followers(ctx: RunContext, sample: StageSpec, specs: list[StageSpec]) -> list:
+    """One ScoreFollower per score stage on `sample`'s output (engines are taken from the pool
+    here, in the flow's thread); `stop_followers` ends them and keeps their usage for the stages."""
+    from pipelines.scoring import ScoreFollower
+
+    out = []
+    for s in specs:
+        cfg = ctx.recipe.scorer(s.params["scorer"])
+        follower = ScoreFollower(ctx.store, samples=sample.output, prompts=ctx.input(s, "prompts"), scorer_cfg=cfg,
+                                 output=s.output, backend=_scorer_backend(ctx, s, cfg))
+        out.append((s.id, follower.start()))
+    return out
+
+
+def stop_followers(ctx: RunContext, followers: list) -> None:
+    for spec_id, f in followers:
+        ctx.prescored[spec_id] = f.stop()
 
 
 def run_pairs(ctx: RunContext, spec: StageSpec) -> str:

@@ -201,8 +201,10 @@ class _Committer:
     (and a budget check hooked on it) is reported in the caller's thread once a commit is done."""
 
     def __init__(self, run: StageRun, *, batch_items: int, every_s: float | None, usage: Usage,
-                 progress: Progress | None, total: int, finished: int, background: bool = False):
+                 progress: Progress | None, total: int, finished: int, background: bool = False,
+                 keep_bad: bool = True):
         self.run, self.batch_items, self.every_s, self.usage = run, batch_items, every_s, usage
+        self.keep_bad = keep_bad
         self.progress, self.total, self.finished = progress, total, finished
         self._rows: list[pl.DataFrame] = []
         self._bad: list[Bad] = []
@@ -216,7 +218,8 @@ class _Committer:
         self.usage.add(batch.usage)
         if batch.rows is not None and batch.rows.height:
             self._rows.append(batch.rows)
-        self._bad.extend(batch.bad)
+        if self.keep_bad:
+            self._bad.extend(batch.bad)
         self._items += items
         self._pending_units += batch.units
         due = self.every_s is not None and time.monotonic() - self._last >= self.every_s
@@ -272,11 +275,14 @@ class _Committer:
 
 def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress | None = None,
           stream: bool = False, commit_every_s: float | None = 30.0, shard: tuple[int, int] | None = None,
-          finish: bool = True) -> TableRef | None:
+          finish: bool = True, usage: Usage | None = None, keep_bad: bool = True) -> TableRef | None:
     """Run `work` to completion (see the module docstring). `batch_size` = items per `process`
     call and per commit; with `stream`, items flow through `work.stream` (one Batch per item) and
     rows are committed every `batch_size` items or `commit_every_s` seconds, whichever comes first.
-    Returns the completed version (None for a shard run with finish=False)."""
+    `usage` accumulates what this call spends onto a caller's count (the completion record then
+    carries the total, e.g. of earlier passes with finish=False); `keep_bad=False` leaves failed
+    requests out of the quarantine (a later pass retries them).
+    Returns the completed version (None for a run with finish=False)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a value >= 1")
     scope = _SCOPE.get()
@@ -292,11 +298,11 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
     items = [it for it in work.todo(done) if in_shard(it.key, shard)]
     total = work.total_units()
     left = sum(it.units for it in items)
-    usage = Usage()
+    usage = usage if usage is not None else Usage()
     streaming = stream and callable(getattr(work, "stream", None))
     committer = _Committer(run, batch_items=batch_size, every_s=commit_every_s if streaming else None, usage=usage,
                            progress=progress, total=total, finished=max(total - left, 0) if shard is None else 0,
-                           background=streaming)
+                           background=streaming, keep_bad=keep_bad)
     if progress is not None:
         progress(committer.finished, total)
     log.info("%s: %d items to process for %s", ident.stage, len(items), ident.output)
@@ -318,11 +324,11 @@ def _run_items(work: Work, items: list[Item], committer: _Committer, usage: Usag
                stream: bool) -> None:
     if items:
         if stream:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), usage.commit_s
             with contextlib.closing(work.stream(iter(items))) as results:    # closing aborts requests in flight
                 for batch in results:
                     committer.add(batch)
-            usage.engine_s += time.perf_counter() - t0 - usage.commit_s
+            usage.engine_s += time.perf_counter() - t0 - (usage.commit_s - c0)
         else:
             for chunk in _chunks(items, batch_size):
                 t0 = time.perf_counter()

@@ -151,11 +151,14 @@ class ScoreWork(WorkBase):
 def score_samples(store: Store, *, samples: TableRef | str, prompts: TableRef | str, scorer_cfg: Any, output: str,
                   batch_size: int = 32, progress: Progress | None = None, backend: Backend | None = None,
                   max_pairs_per_prompt: int | None = None,
-                  members: Sequence[TableRef | str] | None = None) -> TableRef:
+                  members: Sequence[TableRef | str] | None = None, usage: Usage | None = None,
+                  finish: bool = True) -> TableRef | None:
     """Score every sample of the pinned `samples` version with one scorer; return the completed
     `output` version. `batch_size` = rows per commit (the scorer batches its own forward passes);
     `backend` overrides a judge's configured backend (share one loaded engine); `members` are
-    the scores tables an ensemble combines (default: its config's `members` read as tables)."""
+    the scores tables an ensemble combines (default: its config's `members` read as tables).
+    Point scorers only: `usage` adds what earlier passes spent (ScoreFollower) to the completion
+    record; `finish=False` commits rows without completing (failed requests left for later)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a value >= 1")
     cfg = parse_scorer_config(scorer_cfg)
@@ -175,4 +178,64 @@ def score_samples(store: Store, *, samples: TableRef | str, prompts: TableRef | 
     stream = (callable(getattr(work.scorer, "evaluate_stream", None)) and not cfg.inputs
               and callable(getattr(judge_backend, "stream", None)))
     return drive(store, work, batch_size=batch_size if not stream else max(batch_size, 256), progress=progress,
-                 stream=stream, commit_every_s=10.0)
+                 stream=stream, commit_every_s=10.0, usage=usage, finish=finish, keep_bad=finish)
+
+
+class ScoreFollower:
+    """Scores the rows a sampling stage has committed while it is still sampling, so that an
+    endpoint judge works beside the policy instead of after it (the flow's `scale.overlap`).
+
+    A background thread watches the samples table; at each new version it runs the point scorer
+    over the rows not scored yet (`score_samples(..., finish=False)`: rows committed, failures not
+    quarantined). Score rows are keyed by (sample, scorer), not by the samples version, so the
+    scoring stage run afterwards on the final version finds them done, scores what is left, and
+    writes the one completion record, with this thread's usage added to its own. An error here
+    only stops the following (logged); the stage afterwards redoes the work and reports it.
+
+        follower = ScoreFollower(Store(root), samples="r1_samples", prompts=ref, scorer_cfg=cfg,
+                                 output="r1_scores_judge", backend=judge).start()
+        ...                                     # sampling runs
+        usage = follower.stop()                 # then score_samples(..., usage=usage)
+    """
+
+    def __init__(self, store: Store, *, samples: str, prompts: TableRef | str, scorer_cfg: Any, output: str,
+                 backend: Backend | None = None, poll_s: float = 0.5):
+        import threading
+
+        self.store, self.samples, self.prompts, self.output = store, samples, store.ref(prompts), output
+        self.cfg, self.backend, self.poll_s = parse_scorer_config(scorer_cfg), backend, poll_s
+        if self.cfg.pairwise or self.cfg.combines:
+            raise ValueError(f"scorer {self.cfg.ref_name()!r}: only point scorers can follow a sampling stage")
+        self.usage = Usage()
+        self.passes = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"prefmill-follow-{output}", daemon=True)
+
+    def start(self) -> ScoreFollower:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        seen = None
+        try:
+            while not self._stop.is_set():
+                version = self.store.version(self.samples) if self.store.exists(self.samples) else None
+                if version is not None and version != seen:
+                    seen = version
+                    score_samples(self.store, samples=TableRef(self.samples, version), prompts=self.prompts,
+                                  scorer_cfg=self.cfg, output=self.output, backend=self.backend, usage=self.usage,
+                                  finish=False)
+                    self.passes += 1
+                    continue
+                self._stop.wait(self.poll_s)
+        except Exception as e:       # the scoring stage afterwards redoes this work and reports the error
+            self.error = e
+            log.warning("scoring %s beside sampling stopped (%s: %s); the scoring stage will do the rest",
+                        self.output, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+
+    def stop(self) -> Usage:
+        """Stop after the pass in progress; returns what the passes spent."""
+        self._stop.set()
+        self._thread.join()
+        return self.usage

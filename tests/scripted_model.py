@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 from local_http import JSONHandler, LocalServer
 
@@ -60,9 +61,12 @@ def _logprobs(text: str, choice: list[str] | None, k: int | None) -> dict | None
 
 
 class ScriptedModel:
-    def __init__(self, name: str = "scripted"):
+    """`delay_s`: each answer that is not a constrained choice (a policy's) takes this long."""
+
+    def __init__(self, name: str = "scripted", *, delay_s: float = 0.0):
         outer = self
         self.requests = 0
+        self.log: list[tuple[float, str]] = []    # (monotonic time, "policy" or "judge") per request
 
         class H(JSONHandler):
             def do_GET(self):
@@ -75,6 +79,10 @@ class ScriptedModel:
                 so = body.get("structured_outputs") or {}
                 choice = so.get("choice") or body.get("guided_choice")
                 n = int(body.get("n") or 1)
+                judge = bool(choice) or "Score:" in prompt or "[The Start of" in prompt
+                outer.log.append((time.monotonic(), "judge" if judge else "policy"))
+                if delay_s and not judge:
+                    time.sleep(delay_s)
                 texts = [reply(prompt + (f"#{i}" if i and not choice else ""), choice) for i in range(n)]
                 k = body.get("top_logprobs") if body.get("logprobs") else None
                 self._send(200, {"choices": [{"index": i, "message": {"role": "assistant", "content": t},

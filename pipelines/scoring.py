@@ -77,8 +77,9 @@ class ScoreWork(WorkBase):
     """One point scorer over every sample of a pinned samples version."""
 
     def __init__(self, store: Store, cfg: Any, *, samples: TableRef, prompts: TableRef, output: str,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, taken: set[str] | None = None):
         self.store, self.cfg, self.samples, self.prompts = store, cfg, samples, prompts
+        self.taken = taken      # keys earlier passes took up (ScoreFollower): not taken again
         self.scorer = cfg.build(backend=backend)
         self.id = self.scorer.id
         self.identity = Identity(stage="score", output=output, kind="scores", parents=(samples, prompts),
@@ -101,6 +102,9 @@ class ScoreWork(WorkBase):
 
     def todo(self, done: set[str]) -> list[Item]:
         todo = self.rows.filter(~pl.col("score_id").is_in(pl.Series(list(done), dtype=pl.String).implode()))
+        if self.taken is not None:
+            todo = todo.filter(~pl.col("score_id").is_in(pl.Series(list(self.taken), dtype=pl.String).implode()))
+            self.taken.update(todo["score_id"].to_list())
         return [Item(r["score_id"], r) for r in todo.iter_rows(named=True)]
 
     def process(self, items: list[Item]) -> Batch:
@@ -152,13 +156,14 @@ def score_samples(store: Store, *, samples: TableRef | str, prompts: TableRef | 
                   batch_size: int = 32, progress: Progress | None = None, backend: Backend | None = None,
                   max_pairs_per_prompt: int | None = None,
                   members: Sequence[TableRef | str] | None = None, usage: Usage | None = None,
-                  finish: bool = True) -> TableRef | None:
+                  finish: bool = True, taken: set[str] | None = None) -> TableRef | None:
     """Score every sample of the pinned `samples` version with one scorer; return the completed
     `output` version. `batch_size` = rows per commit (the scorer batches its own forward passes);
     `backend` overrides a judge's configured backend (share one loaded engine); `members` are
     the scores tables an ensemble combines (default: its config's `members` read as tables).
     Point scorers only: `usage` adds what earlier passes spent (ScoreFollower) to the completion
-    record; `finish=False` commits rows without completing (failed requests left for later)."""
+    record; `finish=False` commits rows without completing (failed requests left for later);
+    `taken` = keys earlier passes took up, which this one skips (it adds the keys it takes up)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a value >= 1")
     cfg = parse_scorer_config(scorer_cfg)
@@ -173,7 +178,7 @@ def score_samples(store: Store, *, samples: TableRef | str, prompts: TableRef | 
 
         return ensemble_stage(store, samples=s_ref, prompts=p_ref, cfg=cfg, output=output,
                               members=[store.ref(m) for m in (members if members is not None else cfg.members)])
-    work = ScoreWork(store, cfg, samples=s_ref, prompts=p_ref, output=output, backend=backend)
+    work = ScoreWork(store, cfg, samples=s_ref, prompts=p_ref, output=output, backend=backend, taken=taken)
     judge_backend = getattr(work.scorer, "backend", None)
     stream = (callable(getattr(work.scorer, "evaluate_stream", None)) and not cfg.inputs
               and callable(getattr(judge_backend, "stream", None)))
@@ -186,8 +191,8 @@ class ScoreFollower:
     endpoint judge works beside the policy instead of after it (the flow's `scale.overlap`).
 
     A background thread watches the samples table; at each new version it runs the point scorer
-    over the rows not scored yet (`score_samples(..., finish=False)`: rows committed, failures not
-    quarantined). Score rows are keyed by (sample, scorer), not by the samples version, so the
+    over the rows no pass has taken up yet (`score_samples(..., finish=False)`: rows committed,
+    failures neither quarantined nor retried by a later pass). Score rows are keyed by (sample, scorer), not by the samples version, so the
     scoring stage run afterwards on the final version finds them done, scores what is left, and
     writes the one completion record, with this thread's usage added to its own. An error here
     only stops the following (logged); the stage afterwards redoes the work and reports it.
@@ -207,6 +212,7 @@ class ScoreFollower:
         if self.cfg.pairwise or self.cfg.combines:
             raise ValueError(f"scorer {self.cfg.ref_name()!r}: only point scorers can follow a sampling stage")
         self.usage = Usage()
+        self.taken: set[str] = set()     # every key a pass took up: a failed one is left to the stage
         self.passes = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -225,7 +231,7 @@ class ScoreFollower:
                     seen = version
                     score_samples(self.store, samples=TableRef(self.samples, version), prompts=self.prompts,
                                   scorer_cfg=self.cfg, output=self.output, backend=self.backend, usage=self.usage,
-                                  finish=False)
+                                  finish=False, taken=self.taken)
                     self.passes += 1
                     continue
                 self._stop.wait(self.poll_s)

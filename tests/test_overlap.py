@@ -31,7 +31,7 @@ def slow_policy():
     srv.close()
 
 
-def _recipe(tmp: Path, url: str) -> Path:
+def _recipe(tmp: Path, url: str, reading: str = "constrained") -> Path:
     seeds = tmp / "prompts.jsonl"
     seeds.write_text("".join(json.dumps({"prompt": f"Describe item number {i} of the catalogue."}) + "\n"
                              for i in range(N_PROMPTS)))
@@ -39,7 +39,7 @@ def _recipe(tmp: Path, url: str) -> Path:
     recipe = {"name": "overlap", "policy": endpoint,
               "prompts": {"seeds": {"path": str(seeds)}, "heldout_fraction": 0.0, "dedup": {"near": False}},
               "sampling": {"n": 2, "temperature": 1.0, "max_tokens": 8, "batch_size": 2},
-              "scoring": [{"kind": "judge", "backend": endpoint, "reading": "constrained"}],
+              "scoring": [{"kind": "judge", "backend": endpoint, "reading": reading}],
               "pairs": {"strategy": "best_vs_worst", "dedup": "off"}, "rounds": {"count": 0}, "report": None}
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -88,3 +88,24 @@ def test_overlap_off_scores_after_sampling(tmp_path, slow_policy):
     assert min(judged) > max(policy)
     stats = json.loads(lineage_of(store, _scores(store))["stats"][0])
     assert stats["calls"] == store.count(_scores(store)) == N_PROMPTS * 2
+
+
+def test_failed_judgments_are_retried_once_and_quarantined_once(tmp_path, slow_policy):
+    """Free-text judge replies from the scripted model never end in "Score: d": every judgment
+    fails. The passes beside sampling quarantine nothing; the scoring stage retries each once
+    and quarantines each once, under its own fingerprint; its record counts both calls."""
+    store_dir = tmp_path / "store"
+    code = main(["run", str(_recipe(tmp_path, slow_policy.url, reading="text")), "--store", str(store_dir)])
+    assert code == 1        # no pairs: the run fails, naming the drops
+    store = Store(store_dir, create=False)
+    scores = _scores(store)
+    n_samples = N_PROMPTS * 2
+    assert store.count(scores) == 0
+    rec = lineage_of(store, scores)
+    assert rec.height == 1
+    q = store.read(QUARANTINE_TABLE).filter(pl.col("table") == scores)
+    assert q.height == n_samples and q["row_key"].n_unique() == n_samples
+    assert q["run"].unique().to_list() == [rec["fingerprint"][0]]
+    judged = sum(who == "judge" for _, who in slow_policy.log)
+    stats = json.loads(rec["stats"][0])
+    assert n_samples < judged <= 2 * n_samples and stats["calls"] == judged

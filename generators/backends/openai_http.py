@@ -32,6 +32,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ class OpenAIBackend:
         self.retries = 0          # retried requests so far (observability)
         self.replica_requests = [0] * len(self.base_urls)   # POSTs sent to each replica
         self._in_flight = [0] * len(self.base_urls)
+        self._count_lock = threading.Lock()   # streams of two stages (threads) may share this backend
 
     # -- auth --------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -173,13 +175,15 @@ class OpenAIBackend:
             body = openai_wire.request_body(self.model_id, conv, sampling, want - len(out), send_seed=self.send_seed,
                                             guided_fields=self.guided_fields, seed=seed)
             async with sem:
-                r = self._pick()
-                self._in_flight[r] += 1
-                self.replica_requests[r] += 1
+                with self._count_lock:
+                    r = self._pick()
+                    self._in_flight[r] += 1
+                    self.replica_requests[r] += 1
                 try:
                     resp = await self._request(client, "POST", "/chat/completions", body, base=self.base_urls[r])
                 finally:
-                    self._in_flight[r] -= 1
+                    with self._count_lock:
+                        self._in_flight[r] -= 1
             choices = sorted(resp.get("choices") or [], key=lambda c: c.get("index", 0))
             if not choices:
                 raise BackendError(f"{self.base_urls[r]}/chat/completions returned no choices: {json.dumps(resp)[:200]}")

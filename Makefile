@@ -32,8 +32,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/prefmill run recipes/quickstart.yaml
 
+# The training tests run in a pytest process of their own. In one process after ~840 other tests
+# (in-process vLLM engines, Prefect, Dask and Ray clients), a TRL training step twice died of a
+# silent SIGSEGV (stop 21's CI, and one of three full local runs); the root cause is not found.
+TRAIN_TESTS := $(wildcard tests/test_trainers_*.py)
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(TRAIN_TESTS))
+	$(PY) -m pytest -q $(PYTEST_ARGS) $(TRAIN_TESTS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -12,8 +12,12 @@ loopback) and is timed from process start to process exit (imports, pipeline set
 pairs all inside the timer). prefmill runs as `prefmill run RECIPE` (policy kind openai, a judge
 scorer on the same endpoint, pairs best_vs_worst); the peers run benchmarks/peers/*_side.py in
 their own virtualenvs (benchmarks/peers/infra.py pins the versions). Sides run in a shuffled order
-in every repeat, after one untimed warm-up run per side and server (so no side pays for creating
-Prefect's database or a cold page cache); medians and ranges are reported with the load average
+in every repeat, after one untimed warm-up run per side (so no side pays for creating Prefect's
+database or a cold page cache). Every timed run gets a vLLM server started (and warmed up by one
+request of each kind) for it, untimed: one server kept for a block of runs slowed down over the
+block (prefmill's tiny N=1,024 stages: 134 s of engine time in the first run, 218 s later;
+distilabel's SmolLM2 N=64 run: 166 s early in one block, 384 s third in another), so later runs
+paid for earlier ones (`--shared-server` restores the old way). Medians and ranges are reported with the load average
 (1-minute, at the start of each run).
 
 The server forces each judge reply to end in "Score: d" (benchmarks/peers/judge_forcer.py), the
@@ -223,6 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", type=int, default=None, metavar="N", help="then profile prefmill at tiny N (py-spy)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the run order")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed run per side")
+    ap.add_argument("--shared-server", dest="fresh_server", action="store_false",
+                    help="time every run on one server (default: a fresh server per timed run; the one server "
+                         "slowed over a block of runs, so later runs paid for earlier ones)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before a run counts as failed")
     ap.add_argument("--work", default=None, help="work folder (default: a temp dir)")
     a = ap.parse_args(argv)
@@ -247,8 +254,16 @@ def main(argv: list[str] | None = None) -> None:
     blocks = []
     for model in [m for m in MODELS if a.only in (None, m)]:
         sizes, repeats = plan[model]
-        with VLLMServer(models[model](), name=model, log=work / f"server-{model}.log", kv_gib=MODELS[model][2]) as url:
+        model_dir = models[model]()
+
+        def start(tag: str) -> tuple[VLLMServer, str]:
+            srv = VLLMServer(model_dir, name=model, log=work / f"server-{model}-{tag}.log", kv_gib=MODELS[model][2])
+            url = srv.__enter__()
             warm_up(url, model, template)
+            return srv, url
+
+        server, url = start("shared")
+        try:
             if a.warmup:      # one untimed run per side: Prefect's database, page cache, .pyc files
                 d = work / f"{model}-warmup"
                 write_job(d, 4, url=url, model=model, concurrency=a.concurrency, template=template)
@@ -257,12 +272,15 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{model} warm-up {side}: {r['wall_s']:.1f} s, rc {r['rc']}, {r['pairs']} pairs", flush=True)
             for n in sizes:
                 d = work / f"{model}-n{n}"
-                write_job(d, n, url=url, model=model, concurrency=a.concurrency, template=template)
                 rows = []
                 for rep in range(repeats):
                     order = list(a.sides)
                     rng.shuffle(order)
                     for side in order:
+                        if a.fresh_server:   # every timed run on a server started for it (untimed)
+                            server.__exit__(None, None, None)
+                            server, url = start(f"n{n}-{rep}-{side}")
+                        write_job(d, n, url=url, model=model, concurrency=a.concurrency, template=template)
                         r = run_side(side, d, d / f"{side}-{rep}", timeout_s=a.timeout)
                         rows.append(r)
                         print(f"{model} N={n} #{rep} {side}: {r['wall_s']:.1f} s, rc {r['rc']}, {r['pairs']} pairs, "
@@ -281,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                 (d / "profile").mkdir(parents=True, exist_ok=True)
                 cmd, env = side_command("prefmill", d, d / "profile")
                 profile_prefmill(cmd, d / "profile", env=env)
+        finally:
+            server.__exit__(None, None, None)
     (work / "results.json").write_text(json.dumps(blocks, indent=1))
     print(f"results: {work / 'results.json'}; load now {os.getloadavg()[0]:.1f}", flush=True)
     for s in blocks:

@@ -41,7 +41,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) $(TRAIN_TESTS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) $(addprefix --ignore=,$(TRAIN_TESTS))
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) $(TRAIN_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/store.py

@@ -35,6 +35,7 @@ import json
 import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def run_side(side: str, d: Path, run: Path, *, timeout_s: float) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     cmd, env = side_command(side, d, run)
     load = os.getloadavg()[0]
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     w0, t0 = time.time(), time.perf_counter()
     with (run / "log.txt").open("w") as log:
         try:
@@ -145,9 +147,13 @@ def run_side(side: str, d: Path, run: Path, *, timeout_s: float) -> dict:
         except subprocess.TimeoutExpired:
             rc = -1
     wall = time.perf_counter() - t0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     phases = prefmill_phases(run / "log.txt", w0, w0 + wall) if side == "prefmill" and rc == 0 else {}
+    # CPU seconds of the side's process tree (the processes it waited for): what the client takes
+    # from the two cores the server also runs on.
+    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
     return {"side": side, "wall_s": wall, "rc": rc, "pairs": count_pairs(side, run) if rc == 0 else 0,
-            "load1": load, "log": str(run / "log.txt"), "phases": phases}
+            "load1": load, "log": str(run / "log.txt"), "phases": phases, "client_cpu_s": cpu}
 
 
 def prefmill_phases(log: Path, t_start: float, t_end: float) -> dict[str, float]:
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                         r = run_side(side, d, d / f"{side}-{rep}", timeout_s=a.timeout)
                         rows.append(r)
                         print(f"{model} N={n} #{rep} {side}: {r['wall_s']:.1f} s, rc {r['rc']}, {r['pairs']} pairs, "
-                              f"load {r['load1']:.1f}", flush=True)
+                              f"load {r['load1']:.1f}, client cpu {r['client_cpu_s']:.1f} s", flush=True)
                         if r["phases"]:
                             print("    prefmill: " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items()),
                                   flush=True)

@@ -218,15 +218,14 @@ def followers_of(ctx: RunContext, spec: StageSpec, stages: list[StageSpec]) -> l
     point scorers on its samples whose LLM is an endpoint (no engine of this machine's), neither
     stage sharded. A local judge would compete with a local policy for the same cores or GPU."""
     scale, recipe = ctx.recipe.scale, ctx.recipe
-    if (spec.kind != "sample" or not scale.overlap or ctx.identity_only or scale.shards_stage("sample")
-            or scale.shards_stage("score")):
+    if not scale.overlap or ctx.identity_only or scale.shards_stage(spec.kind):
         return []
     out = []
     for s in stages:
-        if s.kind != "score" or s.inputs.get("samples") != spec.id:
+        if s.inputs.get("samples") != spec.id or "scorer" not in s.params or scale.shards_stage(s.kind):
             continue
         cfg = recipe.scorer(s.params["scorer"])
-        if not cfg.uses_backend:
+        if cfg.pairwise or cfg.combines or not cfg.uses_backend:
             continue
         judge = ctx.policy_config(ctx.input(spec, "policy")) if recipe.rounds.self_rewarding else cfg.backend_config()
         if judge.remote:

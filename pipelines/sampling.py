@@ -207,9 +207,9 @@ class SampleWork(WorkBase):
         for i in range(0, len(rest), self.cfg.batch_size):     # one commit per batch_size items
             yield self.process(rest[i:i + self.cfg.batch_size])
         requests = ((it, self.convs[it.payload[1]]) for it in full)
+        schema = get_schema("samples").schema
         for it, comps in self.backend.stream(requests, self.sampling, seed_key=lambda it: it.key):
-            yield Batch(rows=pl.DataFrame(self._rows(it.payload[1], it.payload[2], comps),
-                                          schema=get_schema("samples").schema),
+            yield Batch(records=self._rows(it.payload[1], it.payload[2], comps), schema=schema,
                         usage=completion_usage(comps), units=len(comps))
 
 

@@ -24,6 +24,7 @@ from generators.backends.base import Backend
 from generators.scorers.config import parse_scorer_config
 from pipelines import keys
 from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
+from pipelines.schemas import get_schema
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.scoring")
@@ -52,6 +53,15 @@ def score_rows(batch: pl.DataFrame, scorer_id: str, results: Sequence[Any]) -> p
         "spread": pl.Series([r.spread for r in results], dtype=pl.Float64),
         "text": pl.Series([r.text for r in results], dtype=pl.String),
         "details": pl.Series([r.details for r in results], dtype=pl.String)})
+
+
+def score_record(row: dict, scorer_id: str, r: Any) -> dict:
+    """One `scores` row as a plain record (streaming stages; same values as score_rows)."""
+    return {"score_id": row["score_id"], "sample_id": row["sample_id"], "prompt_id": row["prompt_id"],
+            "scorer": scorer_id, "score": float(r.score),
+            "attributes": None if r.attributes is None else [{"name": k, "value": float(v)}
+                                                            for k, v in r.attributes.items()],
+            "spread": r.spread, "text": r.text, "details": r.details}
 
 
 def evaluate_frame(scorer: Any, cfg: Any, frame: pl.DataFrame) -> list:
@@ -136,10 +146,10 @@ class ScoreWork(WorkBase):
             self._loaded = True
         requests = ((it, it.payload["messages"], it.payload["completion"]) for it in items
                     if it.payload["messages"] is not None)
+        schema = get_schema("scores").schema
         for it, r in self.scorer.evaluate_stream(requests):
-            batch = pl.DataFrame([it.payload], schema=self.rows.schema)
             if r.ok:
-                yield Batch(rows=score_rows(batch, self.id, [r]), usage=results_usage([r]))
+                yield Batch(records=[score_record(it.payload, self.id, r)], schema=schema, usage=results_usage([r]))
             else:
                 raw = r.failure.raw if r.failure is not None else r.text
                 yield Batch(bad=[(it.key, r.failure.reason if r.failure is not None else "non_finite_score",

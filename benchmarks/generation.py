@@ -18,6 +18,8 @@ the embedded SmolLM2 (answers end at different lengths: measures the batch tail)
   completions -> rows -> one atomic `StageRun.write` every `--commit-rows` rows or `--commit-s`
   seconds, in the engine's thread, then `StageRun.finish`): what the stage driver must not be
   slower than.
+- `bare`: `backend.stream()` alone (no keys, rows or commits): the engine loop against LLM.chat.
+- `nocommit`: the stage with a single commit at the end: what the commits during the stream cost.
 The "before" figures in docs/benchmarks.md (each batch of 64 prompts drained before the next
 starts) came from `--ours stage` run on a snapshot of commit 063531d.
 
@@ -125,6 +127,28 @@ def stream_side(be, store, cfg, output: str, *, commit_rows: int, commit_s: floa
     return tokens, time.perf_counter() - t
 
 
+def bare_side(be, store, cfg, output: str, **_) -> tuple[int, float]:
+    """`backend.stream()` alone over the same prompts: no keys, rows, commits or lineage (what the
+    engine loop costs against `LLM.chat`)."""
+    convs = [[{"role": m["role"], "content": m["content"]} for m in ms]
+             for ms in store.read("prompts", columns=["messages"])["messages"].to_list()]
+    t = time.perf_counter()
+    tokens = sum(c.completion_tokens for _, comps in be.stream(enumerate(convs), cfg.sampling()) for c in comps)
+    return tokens, time.perf_counter() - t
+
+
+def nocommit_side(be, store, cfg, output: str, **kw) -> tuple[int, float]:
+    """The stage with one commit at the end (batch and commit interval unbounded): what the
+    commits during the stream cost."""
+    from pipelines.sampling import sample_stage
+
+    t = time.perf_counter()
+    ref = sample_stage(store, be, cfg.model_copy(update={"batch_size": 10**9}), prompts="prompts", output=output,
+                       commit_every_s=1e9)
+    dt = time.perf_counter() - t
+    return int(store.read(ref, columns=["completion_tokens"])["completion_tokens"].sum()), dt
+
+
 def bench_case(name: str, path: Path, *, prompts_k: int, n: int, max_tokens: int, reps: int, sides: list[str],
                commit_rows: int, commit_s: float) -> dict:
     from generators.backends.base import Sampling
@@ -136,7 +160,7 @@ def bench_case(name: str, path: Path, *, prompts_k: int, n: int, max_tokens: int
     t_load = time.perf_counter()
     be.load()
     t_load = time.perf_counter() - t_load
-    fns = {"stream": stream_side, "stage": stage_side}
+    fns = {"stream": stream_side, "stage": stage_side, "bare": bare_side, "nocommit": nocommit_side}
     raw: list[tuple] = []
     mine: dict[str, list[tuple]] = {s: [] for s in sides}
     loads = []
@@ -149,7 +173,7 @@ def bench_case(name: str, path: Path, *, prompts_k: int, n: int, max_tokens: int
                 # Order alternates (raw first in even reps, prefmill first in odd ones), so that a
                 # drift within a rep (warm caches, the collector's work left by the side before)
                 # does not always favour the same side.
-                order = ["raw", *sides] if r % 2 == 0 else [*sides, "raw"]
+                order = ["raw", *sides] if r % 2 == 0 else [*reversed(sides), "raw"]
                 for side in order:
                     loads.append(os.getloadavg()[0])
                     if side == "raw":
@@ -190,7 +214,8 @@ def model_path(name: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="tiny,smollm2", help="comma list of: " + ", ".join(CASES))
-    ap.add_argument("--ours", default="stage", help="prefmill's side(s), comma list of stream, stage (module doc)")
+    ap.add_argument("--ours", default="stage", help="prefmill's side(s), comma list of stage, stream, bare, "
+                    "nocommit (module doc)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=None, help="override the case's prompt count (smoke runs)")
     ap.add_argument("--max-tokens", type=int, default=None, help="override the case's max_tokens")
@@ -199,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--commit-s", type=float, default=10.0, help="stream: or after this many seconds")
     a = ap.parse_args(argv)
     sides = a.ours.split(",")
-    if not set(sides) <= {"stream", "stage"}:
-        ap.error(f"--ours {a.ours!r}; use stream, stage or stream,stage")
+    if not sides or not set(sides) <= {"stream", "stage", "bare", "nocommit"}:
+        ap.error(f"--ours {a.ours!r}; use a comma list of stage, stream, bare, nocommit")
     results = []
     for name in a.cases.split(","):
         if name not in CASES:

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import re
 import resource
 import statistics
 import subprocess
@@ -140,7 +139,7 @@ def run_side(side: str, d: Path, run: Path, *, timeout_s: float) -> dict:
     cmd, env = side_command(side, d, run)
     load = os.getloadavg()[0]
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    w0, t0 = time.time(), time.perf_counter()
+    t0 = time.perf_counter()
     with (run / "log.txt").open("w") as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run, timeout=timeout_s).returncode
@@ -148,7 +147,7 @@ def run_side(side: str, d: Path, run: Path, *, timeout_s: float) -> dict:
             rc = -1
     wall = time.perf_counter() - t0
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    phases = prefmill_phases(run / "log.txt", w0, w0 + wall) if side == "prefmill" and rc == 0 else {}
+    phases = prefmill_phases(run / "store", wall) if side == "prefmill" and rc == 0 else {}
     # CPU seconds of the side's process tree (the processes it waited for): what the client takes
     # from the two cores the server also runs on.
     cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
@@ -156,30 +155,22 @@ def run_side(side: str, d: Path, run: Path, *, timeout_s: float) -> dict:
             "load1": load, "log": str(run / "log.txt"), "phases": phases, "client_cpu_s": cpu}
 
 
-def prefmill_phases(log: Path, t_start: float, t_end: float) -> dict[str, float]:
-    """Where a `prefmill run` spent its wall time, from its log's timestamps: start-up until the
-    Prefect API is up and the flow begins, each stage's own wall seconds, and the tail after the
-    last stage (report, flow end, API shutdown)."""
-    from datetime import datetime
+def prefmill_phases(store: Path, wall: float) -> dict[str, float]:
+    """Where a `prefmill run` spent its wall time, from the completion records in its store's
+    lineage: each stage's own wall seconds (the judge stage's only after sampling when its passes
+    ran beside sampling), and the rest of the run (start-up, Prefect API and flow, report)."""
+    from flows.report_funnel import funnel_rows
+    from pipelines.lineage import LINEAGE_TABLE
+    from pipelines.store import Store
 
-    stamps, stages = [], {}
-    day = datetime.fromtimestamp(t_start).strftime("%Y-%m-%d")
-    for line in log.read_text(errors="replace").splitlines():
-        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d{3})|(\d\d:\d\d:\d\d[.,]\d{3})", line)
-        if not m:
-            continue
-        stamp = (m.group(1) or f"{day} {m.group(2)}").replace(",", ".")
-        t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        stamps.append((t, line))
-        st = re.search(r"- (\S[^-]*?) -> \S+: \{.*\"wall_s\": ([\d.]+)", line)
-        if st:
-            stages[st.group(1)] = stages.get(st.group(1), 0.0) + float(st.group(2))
-    flow = next((t for t, msg in stamps if "Beginning flow run" in msg), None)
-    last_stage = max((t for t, msg in stamps if " -> " in msg and '"wall_s"' in msg), default=None)
-    if flow is None or last_stage is None:
+    st = Store(store, create=False)
+    if not st.exists(LINEAGE_TABLE):
         return {}
-    return {"startup_s": flow - t_start, **{f"stage {k}": v for k, v in stages.items()},
-            "between_stages_s": last_stage - flow - sum(stages.values()), "tail_s": t_end - last_stage}
+    rows = funnel_rows(st.read(LINEAGE_TABLE), recipe=None)
+    stages: dict[str, float] = {}
+    for r in rows.iter_rows(named=True) if rows.height else ():
+        stages[f"stage {r['stage']}"] = stages.get(f"stage {r['stage']}", 0.0) + r["wall_s"]
+    return {**stages, "rest_s": wall - sum(stages.values())}
 
 
 def warm_up(url: str, model: str, template: str) -> None:

@@ -258,6 +258,8 @@ def kill_and_resume(work: Path, *, backend: str, kills: int, prompts: int = 24, 
         proc = _spawn(root, model, a, backend)
         assert proc.stdout is not None
         line = proc.stdout.readline()
+        while line and not line.startswith("ready"):     # vLLM logs to stdout before the worker is ready
+            line = proc.stdout.readline()
         if not line.startswith("ready"):
             raise RuntimeError(f"worker did not start: {line!r} {proc.communicate()[1][-3000:]}")
         before = _orphans(root)

@@ -19,7 +19,8 @@ from filters import drops
 from filters.ensemble import ensemble
 from generators.scorers.ensemble import EnsembleConfig
 from pipelines import keys
-from pipelines.driver import Identity, WorkBase, drive, frame_items, rows_batch
+from pipelines.driver import Identity, WorkBase, drive
+from pipelines.frames import frame_items, rows_batch
 from pipelines.scoring import score_rows
 from pipelines.store import Store, TableRef
 

@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from generators.backends.base import Backend, Conversation, Sampling
 from pipelines import keys
-from pipelines.driver import Identity, drive, drive_frame
+from pipelines.driver import Identity, drive
+from pipelines.frames import drive_frame
 from pipelines.sampling import SampleWork, SamplingStageConfig
 from pipelines.schemas import empty
 from pipelines.store import Store, TableRef

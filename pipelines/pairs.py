@@ -31,7 +31,8 @@ from filters.margin import margin_filter
 from filters.position_swap import position_swap_filter
 from filters.spread import spread_filter
 from pipelines import keys
-from pipelines.driver import Identity, WorkBase, drive, frame_items, rows_batch
+from pipelines.driver import Identity, WorkBase, drive
+from pipelines.frames import frame_items, rows_batch
 from pipelines.pair_strategies import STRATEGIES, strategy
 from pipelines.quarantine import drops_frame
 from pipelines.stage import StageRun

@@ -24,7 +24,8 @@ from filters.drops import DROP
 from pipelines import keys
 from pipelines.prompts import prompt_row, prompts_frame
 from pipelines.schemas import SchemaError
-from pipelines.driver import Identity, drive_frame
+from pipelines.driver import Identity
+from pipelines.frames import drive_frame
 from pipelines.store import Store, TableRef
 
 _CHUNK = 1000

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from pipelines.driver import Identity, drive_frame
+from pipelines.driver import Identity
+from pipelines.frames import drive_frame
 from pipelines.store import Store, StoreError, TableRef
 
 _CHUNK = 5000

@@ -135,3 +135,22 @@ def store(tmp_path):
     from pipelines.store import Store
 
     return Store(tmp_path / "store")
+
+
+def pytest_runtest_setup(item):
+    """Keep pytest's faulthandler as the SIGSEGV handler for every test. An in-process vLLM
+    engine loads xgrammar's libtvm_ffi.so, which installs its own SIGSEGV handler (seen with
+    sigaction after tests/test_backends.py's first vLLM test). That handler writes its backtrace
+    to fd 2, which pytest captures into a temporary file that is lost when the process dies: the
+    reason stop 21's SIGSEGV in a training step left no traceback at all. Re-installing
+    faulthandler (writing to pytest's copy of the real stderr) makes a crash print every
+    thread's Python stack."""
+    import faulthandler
+
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+        fd = item.config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, KeyError):      # pytest without its faulthandler plugin (-p no:faulthandler)
+        return
+    faulthandler.disable()
+    faulthandler.enable(file=fd, all_threads=True)

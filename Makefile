@@ -34,7 +34,9 @@ demo: $(STAMP)
 
 # The training tests run in a pytest process of their own. In one process after ~840 other tests
 # (in-process vLLM engines, Prefect, Dask and Ray clients), a TRL training step twice died of a
-# silent SIGSEGV (stop 21's CI, and one of three full local runs); the root cause is not found.
+# SIGSEGV (stop 21's CI, and one of three full local runs); the root cause is not found. It was
+# silent because xgrammar's libtvm_ffi replaces faulthandler's handler; tests/conftest.py now
+# re-installs faulthandler before every test, so a crash prints every thread's stack.
 TRAIN_TESTS := $(wildcard tests/test_trainers_*.py)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) $(addprefix --ignore=,$(TRAIN_TESTS))

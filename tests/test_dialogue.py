@@ -14,11 +14,21 @@ from generators import dialogue
 from generators.backends.base import Completion
 from pipelines.dialogue import DialogueConfig, dialogue_stage
 from pipelines.prompts import prompt_row, prompts_frame
+from pipelines.stage import lineage_of
 from pipelines.store import Store
 
 
 def first_user(text: str) -> str:
     return re.search(r"Conversation so far:\nUser: (.*)\n", text).group(1)
+
+
+def words(conv: list[dict]) -> int:
+    return sum(len(m["content"].split()) for m in conv)
+
+
+def spent(conv: list[dict], text: str) -> Completion:
+    """A completion whose token counts are the words in and out (what the stage must add up)."""
+    return Completion(text=text, prompt_tokens=words(conv), completion_tokens=len(text.split()))
 
 
 class ScriptedPolicy:
@@ -37,7 +47,7 @@ class ScriptedPolicy:
             text = ("Same answer." if "parrot" in seed else "" if "mute" in seed else
                     f"Answer {n}: a long explanation with many words about {seed} that goes on." if "copycat" in seed
                     else f"Answer {n} to: {conv[-1]['content']}")
-            out.append([Completion(text=text)] * sampling.n)
+            out.append([spent(conv, text)] * sampling.n)
         return out
 
 
@@ -61,7 +71,7 @@ class ScriptedUser:
                     " ".join(re.findall(r"\nAssistant: (.*)\n", req)[-1].split()[:10]) if "copycat" in seed else
                     f'User: "Follow-up {turn} please"\nAssistant: sure' if "label" in seed else
                     f"Follow-up {turn} on {seed}")
-            out.append([Completion(text=text)] * sampling.n)
+            out.append([spent(conv, text)] * sampling.n)
         return out
 
 
@@ -106,6 +116,10 @@ def test_turns_stop_rules_and_quarantine_reasons(store):
     assert set(rows) == {"Tell me about tea.", "goal3 question", "label question"}
     assert all(r["messages"][-1]["role"] == "user" for r in rows.values())
     calls = len(policy.conversations) + len(user.requests)
+    stats = json.loads(lineage_of(store, ref.name).row(-1, named=True)["stats"])
+    sent = policy.conversations + [[{"role": "user", "content": r}] for r in user.requests]
+    assert stats["calls"] == calls and stats["prompt_tokens"] == sum(words(c) for c in sent) > 0
+    assert stats["completion_tokens"] > 0
     assert dialogue_stage(store, policy, user, DialogueConfig(turns=3, batch_size=5), prompts="seeds",
                           output="dialogues") == ref                        # batch size is not in the keys
     assert len(policy.conversations) + len(user.requests) == calls

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from generators.backends.base import Backend, BackendError, Completion, Conversation, Sampling
 from generators.templates import render, template_hash
@@ -130,6 +130,8 @@ class StepVerdict:
     correct: int
     parsed: int
     replies: tuple[str, ...]
+    prompt_tokens: int = field(default=0, compare=False)        # what the call cost: the prompt once,
+    completion_tokens: int = field(default=0, compare=False)    # and all k replies
 
     @property
     def score(self) -> float | None:
@@ -162,7 +164,9 @@ def judge_steps(backend: Backend, items: Sequence[tuple[Conversation, Sequence[s
     for (n, _), comps in zip(reqs, outs):
         votes = [parse_verdict(c.text) for c in comps[:k]]
         result[n].append(StepVerdict(correct=sum(v is True for v in votes), parsed=sum(v is not None for v in votes),
-                                     replies=tuple(c.text for c in comps[:k])))
+                                     replies=tuple(c.text for c in comps[:k]),
+                                     prompt_tokens=comps[0].prompt_tokens if comps else 0,
+                                     completion_tokens=sum(c.completion_tokens for c in comps[:k])))
     return result
 
 

@@ -152,11 +152,16 @@ def _row(it: Item, labels: list[bool], scores: list[float], *, method: str, labe
             "method": method, "labeller": labeller, "k": k, "calls": calls, "details": json.dumps(details)}
 
 
-def _monte_carlo(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, seed: int, labeller: str) -> list[dict]:
+def _monte_carlo(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, seed: int, labeller: str,
+                 spent: Usage) -> list[dict]:
     where = [(n, i) for n, it in enumerate(items) for i in range(len(it.spans))]
     prefixes = [step_prefix(items[n].completion, items[n].spans, i) for n, i in where]
     convs = [[*items[n].messages, {"role": "assistant", "content": p}] for (n, _), p in zip(where, prefixes)]
     outs = continue_prefixes(backend, convs, cfg.sampling(seed))
+    for comps in outs:                      # one request per prefix: its prompt once, every continuation
+        spent.calls += len(comps)
+        spent.prompt_tokens += comps[0].prompt_tokens if comps else 0
+        spent.completion_tokens += sum(c.completion_tokens for c in comps)
     rows = [{"label_id": items[n].key, "step": i, "text": p + c.text, "reference": items[n].reference}
             for (n, i), p, comps in zip(where, prefixes, outs) for c in comps]
     if cfg.count_own_answer:        # the answer itself continues each of its prefixes
@@ -181,10 +186,14 @@ def _monte_carlo(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, s
     return out
 
 
-def _judge(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, seed: int,
-           labeller: str) -> tuple[list[dict], list[tuple[str, str, object]]]:
+def _judge(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, seed: int, labeller: str,
+           spent: Usage) -> tuple[list[dict], list[tuple[str, str, object]]]:
     verdicts = judge_steps(backend, [(it.messages, step_texts(it.completion, it.spans)) for it in items], k=cfg.k,
                            sampling=cfg.sampling(seed), template=cfg.judge_template, template_dir=cfg.template_dir)
+    for vs in verdicts:                     # quarantined items' calls too: they were spent
+        spent.calls += cfg.k * len(vs)
+        spent.prompt_tokens += sum(v.prompt_tokens for v in vs)
+        spent.completion_tokens += sum(v.completion_tokens for v in vs)
     rows, bad = [], []
     for it, vs in zip(items, verdicts):
         if any(v.score is None for v in vs):
@@ -215,19 +224,21 @@ def _rule(cfg: StepsConfig, items: Sequence[Item], *, labeller: str) -> list[dic
 
 
 def process_batch(backend: Backend | None, cfg: StepsConfig, items: Sequence[Item], *, labeller: str,
-                  seed: int) -> tuple[pl.DataFrame, list[tuple[str, str, object]]]:
-    """Label one batch: (step_labels rows, quarantine rows (key, reason, payload))."""
+                  seed: int) -> tuple[pl.DataFrame, list[tuple[str, str, object]], Usage]:
+    """Label one batch: (step_labels rows, quarantine rows (key, reason, payload), what the model
+    calls spent, quarantined items' included; tokens as the backend reported them)."""
     bad = [(it.key, it.reason, it.payload()) for it in items if it.reason is not None]
     ok = [it for it in items if it.reason is None]
     rows: list[dict] = []
+    spent = Usage()
     if ok and cfg.method == "monte_carlo":
-        rows = _monte_carlo(backend, cfg, ok, seed=seed, labeller=labeller)
+        rows = _monte_carlo(backend, cfg, ok, seed=seed, labeller=labeller, spent=spent)
     elif ok and cfg.method == "judge":
-        rows, more = _judge(backend, cfg, ok, seed=seed, labeller=labeller)
+        rows, more = _judge(backend, cfg, ok, seed=seed, labeller=labeller, spent=spent)
         bad += more
     elif ok:
         rows = _rule(cfg, ok, labeller=labeller)
-    return pl.DataFrame(rows, schema=get_schema("step_labels").schema), bad
+    return pl.DataFrame(rows, schema=get_schema("step_labels").schema), bad, spent
 
 
 def steps_stage(store: Store, backend: Backend | None, cfg: StepsConfig, *, samples: str | TableRef,
@@ -290,6 +301,5 @@ class StepsWork(WorkBase):
     def process(self, items: list[DriverItem]) -> Batch:
         batch = [it.payload for it in items]
         seed = int(keys.content_hash("batch-seed", self.cfg.seed, batch[0].key)[:8], 16)
-        rows, bad = process_batch(self.backend, self.cfg, batch, labeller=self.labeller, seed=seed)
-        calls = int(rows["calls"].sum()) if rows.height and "calls" in rows.columns else 0
-        return Batch(rows=rows, bad=bad, usage=Usage(calls=calls))
+        rows, bad, usage = process_batch(self.backend, self.cfg, batch, labeller=self.labeller, seed=seed)
+        return Batch(rows=rows, bad=bad, usage=usage)

@@ -14,6 +14,7 @@ from generators.backends.base import BackendError, Completion, Sampling
 from pipelines import keys
 from pipelines.prompts import prompt_row, prompts_frame
 from pipelines.schemas import get_schema
+from pipelines.stage import lineage_of
 from pipelines.steps import StepsConfig, steps_stage
 from pipelines.store import Store
 
@@ -28,6 +29,7 @@ class ScriptedContinuer:
         self.script, self.default = script, default
         self.prefixes: list[str] = []
         self.continuations = 0
+        self.tokens = [0, 0]         # (prompt, completion): a request's prompt counts once
 
     def load(self) -> None: ...
 
@@ -44,7 +46,10 @@ class ScriptedContinuer:
             texts = self.script.get(prefix, [self.default] * sampling.n)
             assert len(texts) == sampling.n, (prefix, texts)
             self.continuations += len(texts)
-            out.append([Completion(text=t) for t in texts])
+            out.append([Completion(text=t, prompt_tokens=len(prefix.split()), completion_tokens=len(t.split()) + 1)
+                        for t in texts])
+            self.tokens[0] += len(prefix.split())
+            self.tokens[1] += sum(len(t.split()) + 1 for t in texts)
         return out
 
 
@@ -92,6 +97,8 @@ def test_monte_carlo_labels_exact_and_calls_equal_steps_times_k(store):
     assert json.loads(r1["details"])["hits"] == [1, 1]
     assert json.loads(r1["details"])["answers"] == [["6", "5", "6"], ["6", "6", "5"]]
     assert {r["method"] for r in rows.values()} == {"monte_carlo"} and {r["k"] for r in rows.values()} == {3}
+    stats = json.loads(lineage_of(store, ref.name).row(-1, named=True)["stats"])
+    assert (stats["calls"], stats["prompt_tokens"], stats["completion_tokens"]) == (be.continuations, *be.tokens)
 
 
 def test_soft_labels_and_first_wrong_step(store):
@@ -177,6 +184,7 @@ class ScriptedJudge:
 
     def __init__(self):
         self.generations = 0
+        self.tokens = [0, 0]         # (prompt, completion): a request's prompt counts once
 
     def generate(self, conversations, sampling):
         out = []
@@ -185,7 +193,11 @@ class ScriptedJudge:
             verdict = "I cannot tell." if "mystery" in step else (
                 "Verdict: incorrect" if "= 6" in step else "Looks fine.\nVerdict: correct")
             self.generations += sampling.n
-            out.append([Completion(text=verdict)] * sampling.n)
+            words = len(conv[-1]["content"].split())
+            out.append([Completion(text=verdict, prompt_tokens=words, completion_tokens=len(verdict.split()))]
+                       * sampling.n)
+            self.tokens[0] += words
+            self.tokens[1] += len(verdict.split()) * sampling.n
         return out
 
 
@@ -199,6 +211,8 @@ def test_judge_method(store):
     assert rows["Step 1: 2 + 3 = 6."]["first_wrong_step"] == 0
     assert rows["Step 1: 4 × 5 = 20."]["labels"] == [True, True, True]
     assert be.generations == (2 + 3 + 2) * 2
+    stats = json.loads(lineage_of(store, "labels").row(-1, named=True)["stats"])
+    assert (stats["calls"], stats["prompt_tokens"], stats["completion_tokens"]) == (be.generations, *be.tokens)
     q = store.read("quarantine")
     assert q["reason"].to_list() == ["unparseable_judge_reply"]
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -246,6 +247,15 @@ def check_cluster(cfg: ScaleSection) -> None:
     except ImportError as e:
         raise UserError(f"scale.engine ray needs ray and prefect-ray ({e}); pip install 'prefmill[scale]'") from None
     if cfg.address:
+        # ray.init retries an address where nothing listens for minutes (the GCS client's
+        # reconnect loop), so a host:port address is probed first; "auto" is left to Ray.
+        host, _, port = cfg.address.removeprefix("ray://").rpartition(":")
+        if host and port.isdigit():
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+            except OSError as e:
+                raise UserError(f"cannot reach the Ray cluster at {cfg.address} ({type(e).__name__}); start it "
+                                "(ray start --head) or fix scale.address") from None
         try:
             ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=False)
             ray.shutdown()

@@ -311,3 +311,21 @@ def test_unparseable_judge_replies_are_quarantined_with_raw_text(store):
     assert q.height == n - 2 and all(r.startswith("unparseable_judge_reply") for r in q["reason"])
     raws = [json.loads(p)["raw"] for p in q["payload"]]
     assert all("I would rather not grade this" in r for r in raws)
+
+
+# --------------------------------------------------------------------------------------------
+# scale-out (issue 13): an unknown engine, an unreachable cluster
+# --------------------------------------------------------------------------------------------
+def test_unknown_scale_engine_in_the_recipe(tmp_path, filled, capfd, tiny_model_dir):
+    r = write_recipe(tmp_path, recipe_text(seeds(tmp_path, ['{"prompt": "hi"}']), tiny_model_dir,
+                                           extra="scale: {engine: spark}\n"))
+    one_line_error(capfd, ["run", str(r), "--store", str(filled)], filled, needles=("scale.engine", "spark", "dask"))
+
+
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_unreachable_cluster_address(tmp_path, filled, capfd, tiny_model_dir, engine):
+    r = write_recipe(tmp_path, recipe_text(seeds(tmp_path, ['{"prompt": "hi"}']), tiny_model_dir))
+    address = f"tcp://127.0.0.1:{closed_port()}" if engine == "dask" else f"127.0.0.1:{closed_port()}"
+    one_line_error(capfd, ["run", str(r), "--store", str(filled), "--scale", engine, "--cluster", address], filled,
+                   needles=(f"cannot reach the {'Dask scheduler' if engine == 'dask' else 'Ray cluster'}", address,
+                            "fix scale.address"))

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from generators.backends.base import Backend, Completion, Sampling
+from generators.backends.base import Backend, Completion, Sampling, tokens_spent
 from generators.templates import render, template_hash
 
 TEMPLATE = "dialogue_user.jinja"
@@ -153,10 +153,9 @@ def run_dialogues(states: Sequence[DialogueState], policy: Backend, user: Backen
     spent = [0, 0, 0]
 
     def count(results: list[list[Completion]]) -> None:
-        for c, *_ in results:
-            spent[0] += 1
-            spent[1] += c.prompt_tokens
-            spent[2] += c.completion_tokens
+        for comps in results:
+            prompt, completion = tokens_spent(comps[:1])       # n=1: the one answer used
+            spent[0], spent[1], spent[2] = spent[0] + 1, spent[1] + prompt, spent[2] + completion
 
     while True:
         for s in states:

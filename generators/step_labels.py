@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from generators.backends.base import Backend, BackendError, Completion, Conversation, Sampling
+from generators.backends.base import Backend, BackendError, Completion, Conversation, Sampling, tokens_spent
 from generators.templates import render, template_hash
 
 JUDGE_TEMPLATE = "step_judge.jinja"
@@ -163,10 +163,10 @@ def judge_steps(backend: Backend, items: Sequence[tuple[Conversation, Sequence[s
     result: list[list[StepVerdict]] = [[] for _ in items]
     for (n, _), comps in zip(reqs, outs):
         votes = [parse_verdict(c.text) for c in comps[:k]]
+        prompt, completion = tokens_spent(comps[:k])
         result[n].append(StepVerdict(correct=sum(v is True for v in votes), parsed=sum(v is not None for v in votes),
-                                     replies=tuple(c.text for c in comps[:k]),
-                                     prompt_tokens=comps[0].prompt_tokens if comps else 0,
-                                     completion_tokens=sum(c.completion_tokens for c in comps[:k])))
+                                     replies=tuple(c.text for c in comps[:k]), prompt_tokens=prompt,
+                                     completion_tokens=completion))
     return result
 
 

@@ -38,7 +38,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generators.backends.base import Backend, Completion, Sampling
+from generators.backends.base import Backend, Completion, Sampling, tokens_spent
 from pipelines import keys
 from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
 from pipelines.schemas import get_schema
@@ -215,8 +215,8 @@ class SampleWork(WorkBase):
 
 def completion_usage(comps: list[Completion]) -> Usage:
     """One model call's usage: the prompt counted once, every completion's tokens."""
-    return Usage(calls=1, prompt_tokens=comps[0].prompt_tokens if comps else 0,
-                 completion_tokens=sum(c.completion_tokens for c in comps))
+    prompt, completion = tokens_spent(comps)
+    return Usage(calls=1, prompt_tokens=prompt, completion_tokens=completion)
 
 
 def sample_stage(store: Store, backend: Backend, cfg: SamplingStageConfig, *, prompts: str | TableRef = "prompts",

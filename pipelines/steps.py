@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from filters.math_answer import extract_answer
 from filters.steps import (StepSplitConfig, mc_step_scores, reached_answer, rule_labels, arithmetic_errors,
                            split_steps, step_prefix, step_texts)
-from generators.backends.base import Backend, BackendError, Sampling
+from generators.backends.base import Backend, BackendError, Sampling, tokens_spent
 from generators.step_labels import (JUDGE_TEMPLATE, continuation_support, continue_prefixes, judge_steps,
                                     judge_template_hash)
 from pipelines import keys
@@ -158,10 +158,9 @@ def _monte_carlo(backend: Backend, cfg: StepsConfig, items: Sequence[Item], *, s
     prefixes = [step_prefix(items[n].completion, items[n].spans, i) for n, i in where]
     convs = [[*items[n].messages, {"role": "assistant", "content": p}] for (n, _), p in zip(where, prefixes)]
     outs = continue_prefixes(backend, convs, cfg.sampling(seed))
-    for comps in outs:                      # one request per prefix: its prompt once, every continuation
-        spent.calls += len(comps)
-        spent.prompt_tokens += comps[0].prompt_tokens if comps else 0
-        spent.completion_tokens += sum(c.completion_tokens for c in comps)
+    for comps in outs:                      # calls = continuations, as the rows' `calls` count them
+        prompt, completion = tokens_spent(comps)
+        spent.add(Usage(calls=len(comps), prompt_tokens=prompt, completion_tokens=completion))
     rows = [{"label_id": items[n].key, "step": i, "text": p + c.text, "reference": items[n].reference}
             for (n, i), p, comps in zip(where, prefixes, outs) for c in comps]
     if cfg.count_own_answer:        # the answer itself continues each of its prefixes

@@ -124,6 +124,12 @@ class Completion:
     token_logprobs: tuple[dict[str, float], ...] | None = field(default=None, compare=False)
 
 
+def tokens_spent(comps: Sequence[Completion]) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) of one request's completions: the prompt is counted
+    once (n samples share one prefill), every completion's tokens."""
+    return (comps[0].prompt_tokens if comps else 0), sum(c.completion_tokens for c in comps)
+
+
 def merge_logprob(d: dict[str, float], token: str, lp: float) -> None:
     """Add `token: lp` to a position's dict; two token ids with the same text add up."""
     import math

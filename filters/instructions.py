@@ -27,6 +27,7 @@ from filters.constraints.core import (
     check, check_all, describe, dumps, loads, validate_constraint, validate_constraints,
 )
 from filters.constraints.phrasings import PHRASINGS
+from filters.constraints.repair import REPAIRABLE, repair
 from filters.constraints.splits import kinds_in, novelty, phrasings_in, sample_constraints, split_catalogue
 from filters.constraints.strict import (
     GATES, OFF_TOPIC_BELOW, StrictResult, check_strict, gate_reasons, is_echo, task_text,
@@ -36,8 +37,8 @@ from filters.constraints.strict import (
 MODULES = (text, phrasings, catalogue, checks, core, splits, strict)
 
 __all__ = [
-    "CATALOGUE", "CONFLICTS", "FAMILIES", "GATES", "KINDS", "MODULES", "OFF_TOPIC_BELOW", "PHRASINGS", "SPEC", "SPLITS",
-    "StrictResult", "check", "check_all", "check_strict", "compatible", "describe", "dumps", "family",
-    "gate_reasons", "is_echo", "kinds_in", "loads", "novelty", "phrasings_in", "sample_constraints",
+    "CATALOGUE", "CONFLICTS", "FAMILIES", "GATES", "KINDS", "MODULES", "OFF_TOPIC_BELOW", "PHRASINGS", "REPAIRABLE",
+    "SPEC", "SPLITS", "StrictResult", "check", "check_all", "check_strict", "compatible", "describe", "dumps",
+    "family", "gate_reasons", "is_echo", "kinds_in", "loads", "novelty", "phrasings_in", "repair", "sample_constraints",
     "split_catalogue", "task_text", "validate_constraint", "validate_constraints",
 ]

@@ -179,7 +179,8 @@ def compile_plan(recipe: Recipe) -> Plan:
         out.append(StageSpec(samples, "sample", k, table_name(recipe, "samples", k),
                              inputs={"prompts": "prompts", "policy": policy}, generations=train * (s.n + s.greedy),
                              max_new_tokens=s.max_tokens,
-                             note=f"{train} prompts x n={s.n}{' + greedy' if s.greedy else ''} ({s.mode})"))
+                             note=f"{train} prompts x n={s.n}{' + greedy' if s.greedy else ''}"
+                                  f"{' + repaired greedy' if s.repair else ''} ({s.mode})"))
         if recipe.steps is not None:
             st = recipe.steps
             out.append(StageSpec(f"r{k}.steps", "steps", k, table_name(recipe, "steps", k),

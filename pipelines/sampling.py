@@ -18,6 +18,16 @@ test answers were repetition loops, none of 118 cut-off samples at temperature 1
 with the greedy answer in the pool can a loop become a rejected answer (pairs.tie_break:
 greedy_first).
 
+`repair: true` (with greedy) adds, for a prompt with constraints whose greedy answer fails them,
+that answer repaired by rule (filters/constraints/repair.py: cut before a loop, the start phrase
+added, lower-cased, three bullets ...): sample_index n + 1, `sampling` {"repair": ..., "of": the
+greedy sample_id}, no tokens. A small policy's pool rarely holds an answer that follows an
+instruction the policy does not follow yet; the repaired answer is that answer, made of the
+policy's own text, so the pair differs where the constraint is. Scored like any other sample;
+where no edit meets the constraints no row is written. It is written in the same commit as its
+greedy answer; a rerun that finds the greedy answer stored and its repair missing repairs the
+stored text.
+
 Every sample is keyed by keys.sample_id(prompt_id, policy, revision, sampling.key_params(), seed,
 index). Resume is record-level: keys already committed are skipped, so an interrupted run
 continues where it stopped and a rerun with a larger n samples only the missing indices. Each
@@ -39,6 +49,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from generators.backends.base import Backend, Completion, Sampling, tokens_spent
+from filters.instructions import check_strict, loads, repair, task_text
 from pipelines import keys
 from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
 from pipelines.schemas import get_schema
@@ -68,12 +79,17 @@ class SamplingStageConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="prompts per backend call and per commit (not in keys)")
     greedy: bool = Field(False, description="best_of_n: one more answer per prompt at temperature 0 (an eval's "
                          "decoding), sample_index n, scored and paired with the n samples")
+    repair: bool = Field(False, description="with greedy: also the greedy answer repaired by rule to meet the "
+                         "prompt's constraints (filters/constraints/repair.py), sample_index n + 1, where it fails "
+                         "them and an edit can meet them")
 
     @model_validator(mode="after")
     def _check_greedy(self):
         if self.greedy and self.mode != "best_of_n":
             raise ValueError(f"sampling.greedy works with mode best_of_n, not {self.mode!r}; drop greedy or use "
                              "best_of_n")
+        if self.repair and not self.greedy:
+            raise ValueError("sampling.repair edits the greedy answer; set sampling.greedy: true or drop repair")
         if self.greedy and self.temperature == 0:
             raise ValueError("sampling.greedy with temperature 0: the n samples are greedy already; set a "
                              "temperature > 0 or drop greedy")
@@ -86,6 +102,9 @@ class SamplingStageConfig(BaseModel):
     def greedy_sampling(self) -> Sampling:
         """The extra greedy answer's parameters (temperature 0, top_p 1, one answer)."""
         return replace(self.sampling(), n=1, temperature=0.0, top_p=1.0)
+
+
+REPAIR_RULES = "repair-1"      # bump when filters/constraints/repair.py changes what it writes
 
 
 def _batch_seed(seed: int, first_key: str) -> int:
@@ -116,13 +135,15 @@ class SampleWork(WorkBase):
                                  models={"policy": {"id": backend.model_id, "revision": backend.revision}})
         self.wanted: dict[str, list[str]] = {}
         self.greedy: dict[str, str] = {}          # prompt_id -> the greedy answer's sample_id
+        self.repairs: dict[str, str] = {}         # prompt_id -> the repaired greedy answer's sample_id
+        self.constraints: dict[str, tuple[list[dict], str]] = {}   # prompt_id -> (constraints, request text)
         self.convs: dict[str, list[dict]] = {}
         self.refs: list[dict] = []
         self.skipped: list[tuple[str, str, object]] = []
 
     def prepare(self, run) -> None:
         cfg, key_params = self.cfg, self.sampling.key_params()
-        frame = self.store.read(self.prompts, columns=["prompt_id", "messages", "reference", "split"])
+        frame = self.store.read(self.prompts, columns=["prompt_id", "messages", "reference", "split", "constraints"])
         if cfg.split != "all":
             frame = frame.filter(pl.col("split") == cfg.split)
         if self.only is not None:
@@ -141,6 +162,12 @@ class SampleWork(WorkBase):
                 self.greedy[pid] = keys.sample_id(pid, policy=policy, revision=rev, seed=cfg.seed, index=cfg.n,
                                                   sampling=cfg.greedy_sampling().key_params())
             self.convs[pid] = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+            cons = loads(row["constraints"]) if cfg.repair else []
+            if cons:
+                self.repairs[pid] = keys.sample_id(pid, policy=policy, revision=rev, seed=cfg.seed, index=cfg.n + 1,
+                                                   sampling={**cfg.greedy_sampling().key_params(),
+                                                             "repair": REPAIR_RULES})
+                self.constraints[pid] = (cons, self.convs[pid][-1]["content"])
             if cfg.mode == "spin":
                 self.refs.append(_reference_row(pid, row["reference"]))
         if self.skipped:
@@ -154,7 +181,7 @@ class SampleWork(WorkBase):
 
     def target_keys(self) -> list[str]:
         return ([k for ks in self.wanted.values() for k in ks] + list(self.greedy.values())
-                + [r["sample_id"] for r in self.refs])
+                + list(self.repairs.values()) + [r["sample_id"] for r in self.refs])
 
     def todo(self, done: set[str]) -> list[Item]:
         items = [Item(r["sample_id"], ("gold", r)) for r in self.refs if r["sample_id"] not in done]
@@ -163,7 +190,35 @@ class SampleWork(WorkBase):
             if idx:
                 items.append(Item(ks[idx[0]], ("sample", pid, tuple(idx)), units=len(idx)))
         items += [Item(k, ("greedy", pid)) for pid, k in self.greedy.items() if k not in done]
+        items += [Item(k, ("repair", pid), units=0) for pid, k in self.repairs.items()
+                  if k not in done and self.greedy[pid] in done]
         return items
+
+    def _repair_row(self, pid: str, text: str, finish_reason: str | None) -> dict | None:
+        """The greedy answer repaired to meet the prompt's constraints; None where it meets them
+        already or no edit can."""
+        if pid not in self.repairs:
+            return None
+        cons, request = self.constraints[pid]
+        if check_strict(cons, text, prompt="", finish_reason=finish_reason).passed:
+            return None
+        fixed = repair(cons, text, prompt=task_text(request, cons), finish_reason=finish_reason)
+        if fixed is None or fixed == text:
+            return None
+        return {"sample_id": self.repairs[pid], "prompt_id": pid, "policy": self.backend.model_id,
+                "policy_revision": self.backend.revision, "sample_index": self.cfg.n + 1, "seed": self.cfg.seed,
+                "sampling": json.dumps({"repair": REPAIR_RULES, "of": self.greedy[pid]}, sort_keys=True),
+                "completion": fixed, "finish_reason": "stop", "prompt_tokens": None, "completion_tokens": None,
+                "is_reference": False}
+
+    def _stored_repairs(self, items: list[Item]) -> list[dict]:
+        """Repairs of greedy answers committed earlier (a rerun that turned repair on)."""
+        want = {self.greedy[it.payload[1]]: it.payload[1] for it in items}
+        stored = self.store.read(self.identity.output, columns=["sample_id", "completion", "finish_reason"]).filter(
+            pl.col("sample_id").is_in(list(want)))
+        rows = (self._repair_row(want[r["sample_id"]], r["completion"], r["finish_reason"])
+                for r in stored.iter_rows(named=True))
+        return [r for r in rows if r is not None]
 
     def _rows(self, pid: str, idx: tuple[int, ...], comps: list[Completion], *, greedy: bool = False) -> list[dict]:
         sampling = self.cfg.greedy_sampling() if greedy else self.sampling
@@ -195,6 +250,12 @@ class SampleWork(WorkBase):
             for it, comps in zip(greedy, outs):
                 rows.extend(self._rows(it.payload[1], (self.cfg.n,), comps[:1], greedy=True))
                 usage.add(completion_usage(comps[:1]))
+                fixed = self._repair_row(it.payload[1], comps[0].text, comps[0].finish_reason)
+                if fixed is not None:
+                    rows.append(fixed)
+        repairs = [it for it in items if it.payload[0] == "repair"]
+        if repairs:
+            rows.extend(self._stored_repairs(repairs))
         return Batch(rows=pl.DataFrame(rows, schema=get_schema("samples").schema) if rows else None, usage=usage)
 
     def stream(self, items: Iterator[Item]) -> Iterator[Batch]:

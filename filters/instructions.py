@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random  # noqa: F401  (used by the doctest above)
 
-from filters.constraints import catalogue, checks, core, phrasings, splits, strict, text
+from filters.constraints import catalogue, checks, core, phrasings, repair as repair_rules, splits, strict, text
 from filters.constraints.catalogue import CATALOGUE, CONFLICTS, FAMILIES, KINDS, SPEC, SPLITS, compatible, family
 from filters.constraints.core import (
     check, check_all, describe, dumps, loads, validate_constraint, validate_constraints,
@@ -33,8 +33,9 @@ from filters.constraints.strict import (
     GATES, OFF_TOPIC_BELOW, StrictResult, check_strict, gate_reasons, is_echo, task_text,
 )
 
-# The modules a check's verdict depends on (hash them into a rule scorer's id, with this file).
-MODULES = (text, phrasings, catalogue, checks, core, splits, strict)
+# The modules a check's verdict depends on (hash them into a rule scorer's id, with this file),
+# and repair, whose rewrites those checks verify.
+MODULES = (text, phrasings, catalogue, checks, core, splits, strict, repair_rules)
 
 __all__ = [
     "CATALOGUE", "CONFLICTS", "FAMILIES", "GATES", "KINDS", "MODULES", "OFF_TOPIC_BELOW", "PHRASINGS", "REPAIRABLE",

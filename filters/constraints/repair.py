@@ -34,9 +34,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from filters.constraints import text as T
-from filters.constraints.checks import FORMAT, SUBSTANCE
+from filters.constraints.checks import FORMAT
 from filters.constraints.core import validate_constraints
 from filters.constraints.phrasings import TITLE_EXAMPLES
+from filters.constraints.strict import check_strict
 
 REPAIRABLE = frozenset({
     "max_words", "max_sentences", "exact_sentences", "paragraphs", "include_keywords", "forbidden_words",
@@ -224,9 +225,4 @@ def repair(constraints: Sequence[dict[str, Any]], response: str | None, *, promp
         out = out.upper()
     if "no_commas" in cons:
         out = re.sub(r"[ \t]*[,，][ \t]*", " ", out).strip()
-    return out if _passes(cs, out) else None
-
-
-def _passes(cs: Sequence[dict[str, Any]], text: str) -> bool:
-    return all(FORMAT[c["kind"]](c, text) and not (c["kind"] in SUBSTANCE and SUBSTANCE[c["kind"]](c, text))
-               for c in cs)
+    return out if check_strict(cs, out, prompt="", finish_reason="stop").passed else None

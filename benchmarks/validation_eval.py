@@ -88,11 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             got = {r["metric"]: r for r in ev.iter_rows(named=True)}
             pr = got.get("pass_rate")
             lift = json.loads(pr["details"]).get("lift_vs_baseline") if pr else None
+            vs = json.loads(got["mean_length_words"]["details"] or "{}").get("vs_baseline", {})
+            words_vs = " / ".join(f"{vs[k]['ratio'] - 1:+.0%}" for k in ("all", "base_finished")
+                                  if vs.get(k, {}).get("ratio") is not None) or "-"
             rows.append({"model": m, "pass_rate": pr["value"] if pr else None, "n": pr["n"] if pr else 0,
                          "lift": (f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]" if lift else "-"),
                          "truncated": got["truncation_rate"]["value"],
                          "relevance": got.get("mean_relevance", {}).get("value"),
-                         "words": got.get("mean_length_words", {}).get("value"), "answer_s": round(gen_s)})
+                         "words": got.get("mean_length_words", {}).get("value"),
+                         "words vs first: all / where it finished": words_vs, "answer_s": round(gen_s)})
     finally:
         rel.close()
     print(pl.DataFrame(rows).with_columns(pl.col(pl.Float64).round(3)))

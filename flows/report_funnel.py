@@ -69,6 +69,13 @@ def lift_section(evals: pl.DataFrame) -> Section | None:
         return None
     latest = evals.sort("eval_id").unique(subset=["round", "model", "metric"], keep="last")
     val = {(r["round"], r["metric"]): r["value"] for r in latest.iter_rows(named=True)}
+    vs_base = {r["round"]: json.loads(r["details"] or "{}").get("vs_baseline") or {}
+               for r in latest.filter(pl.col("metric") == "mean_length_words").iter_rows(named=True)}
+
+    def change(k: int, part: str) -> str:
+        v = vs_base.get(k, {}).get(part)
+        return "-" if not v or v.get("ratio") is None else f"{v['ratio'] - 1:+.0%} (n={v['n']})"
+
     rows, fam_rows = [], []
     for r in latest.filter(pl.col("metric") == "pass_rate").sort("round").iter_rows(named=True):
         d = json.loads(r["details"] or "{}")
@@ -77,19 +84,23 @@ def lift_section(evals: pl.DataFrame) -> Section | None:
         rows.append([fmt(k), fmt(r["value"]), *( [fmt(lift["diff"]), f"[{lift['low']:+.3f}, {lift['high']:+.3f}]"]
                                                  if lift else ["-", "-"]),
                      fmt(val.get((k, "mean_relevance"))), fmt(val.get((k, "mean_length_words"))),
-                     fmt(val.get((k, "truncation_rate")))])
+                     change(k, "all"), change(k, "base_finished"), fmt(val.get((k, "truncation_rate")))])
         for fam in d.get("by_family", []):
             if "diff" in fam:
                 fam_rows.append([fmt(k), fam["family"], fmt(fam["n"]), fmt(fam["base"]), fmt(fam["new"]),
                                  fmt(fam["diff"]), f"[{fam['low']:+.3f}, {fam['high']:+.3f}]"])
     if not rows:
         return None
-    tables = [(["round", "pass_rate", "lift vs r0", "95% CI", "mean relevance", "mean words", "truncated"], rows)]
+    tables = [(["round", "pass_rate", "lift vs r0", "95% CI", "mean relevance", "mean words", "words vs r0",
+                "words vs r0 where r0 finished", "truncated"], rows)]
     if fam_rows:
         tables.append((["round", "family", "n", "r0", "this round", "lift", "95% CI"], fam_rows))
     return Section("Pass-rate lift with intervals", "Strict checks on the test split (held-out prompts, unseen "
                    "phrasings and kinds where the recipe's constraints have them); paired bootstrap 95% intervals "
-                   "over prompts (per family: over prompt x constraint).", tables)
+                   "over prompts (per family: over prompt x constraint). Words against round 0's answers to the "
+                   "same prompts: over all of them, and over the prompts whose round-0 answer finished (a base "
+                   "model that loops to the token cap loses length when the loops go, without any finished "
+                   "answer getting shorter).", tables)
 
 
 def examples_section(answers: pl.DataFrame, prompts: pl.DataFrame, *, per_kind: int = 1) -> Section | None:

@@ -146,6 +146,29 @@ def _pass_metric(store: Store, frame: pl.DataFrame, rel: list[float] | None, bas
     return ("pass_rate", float((s >= 1.0).mean()), s.len(), details) if s.len() else None
 
 
+def _length_vs_baseline(store: Store, frame: pl.DataFrame, baseline: TableRef) -> dict:
+    """Mean words against round 0's answers to the same prompts: over all of them, and over the
+    prompts whose round-0 answer finished (an end of sequence within max_tokens). A base model that
+    loops until the token cap makes the first ratio fall when the loops go, without any finished
+    answer getting shorter; the second compares like with like."""
+    base = store.read(baseline, columns=["prompt_id", "completion", "finish_reason"])
+    j = frame.select("prompt_id", pl.col("completion").str.count_matches(r"\S+").alias("new")).join(
+        base.select("prompt_id", pl.col("completion").str.count_matches(r"\S+").alias("base"),
+                    (pl.col("finish_reason").fill_null("") != "length").alias("finished")), on="prompt_id")
+    if j.is_empty():
+        return {}
+
+    def summary(x: pl.DataFrame) -> dict:
+        b, n = float(x["base"].mean()), float(x["new"].mean())
+        return {"n": x.height, "base": b, "new": n, "ratio": n / b if b else None}
+
+    out = {"baseline": str(baseline), "all": summary(j)}
+    fin = j.filter(pl.col("finished"))
+    if fin.height:
+        out["base_finished"] = summary(fin)
+    return {"vs_baseline": out}
+
+
 def _win_rate(judge: Any, frame: pl.DataFrame, prev: dict[str, str]) -> tuple[float, int, dict] | None:
     idx = [i for i, p in enumerate(frame["prompt_id"].to_list()) if p in prev]
     if not idx:
@@ -264,7 +287,8 @@ def run_eval(store: Store, *, prompts: TableRef | str, responses: TableRef | str
                              "samples": "eval_responses" if config.kl_temperature is None or kl_backend is None
                              else f"T={config.kl_temperature}"}))
         words = [len(t.split()) for t in frame["completion"].to_list()]
-        metrics.append(("mean_length_words", sum(words) / len(words), len(words), {}))
+        metrics.append(("mean_length_words", sum(words) / len(words), len(words),
+                        _length_vs_baseline(store, frame, base_ref) if base_ref is not None else {}))
         tok = frame["completion_tokens"].fill_null(0).to_list()
         metrics.append(("mean_length_tokens", sum(tok) / len(tok), len(tok), {}))
         rows = [{"eval_id": keys.content_hash("eval", run.fingerprint, name), "model": model, "round": round,
@@ -290,9 +314,18 @@ def format_eval_table(df: pl.DataFrame) -> str:
         lift = json.loads(r["details"] or "{}").get("lift_vs_baseline")
         if lift:
             lifts[(r["round"], r["model"])] = f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
-    header = ["round", "model", *names] + (["pass_rate lift vs r0 [95% CI]"] if lifts else [])
+    lengths = {}
+    for r in latest.filter(pl.col("metric") == "mean_length_words").iter_rows(named=True):
+        v = json.loads(r["details"] or "{}").get("vs_baseline")
+        if v and v["all"].get("ratio") is not None:
+            fin = v.get("base_finished")
+            lengths[(r["round"], r["model"])] = f"{v['all']['ratio'] - 1:+.0%}" + (
+                f" / {fin['ratio'] - 1:+.0%} (n={fin['n']})" if fin and fin.get("ratio") is not None else "")
+    header = ["round", "model", *names] + (["pass_rate lift vs r0 [95% CI]"] if lifts else []) + (
+        ["words vs r0: all / where r0 finished"] if lengths else [])
     body = [[str(r["round"]), str(r["model"]), *("-" if r.get(m) is None else f"{r[m]:.3f}" for m in names)]
-            + ([lifts.get((r["round"], r["model"]), "-")] if lifts else []) for r in wide.iter_rows(named=True)]
+            + ([lifts.get((r["round"], r["model"]), "-")] if lifts else [])
+            + ([lengths.get((r["round"], r["model"]), "-")] if lengths else []) for r in wide.iter_rows(named=True)]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])

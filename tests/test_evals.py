@@ -207,3 +207,40 @@ def test_position_biased_judge_gives_no_win_rate(store, tiny_model_dir, tiny_mod
         _eval_two_rounds_with_judge(store, srv, [tiny_model_dir, tiny_model_dir_b])
     assert store.read("evals").filter(pl.col("metric") == "win_rate_vs_previous").is_empty()
     assert "that agree in both orders (4 pairs asked)" in caplog.text and len(srv.prompts) == 8
+
+
+def test_length_against_round_0_over_all_and_over_finished_base_answers(store):
+    """mean_length_words carries the change against round 0's answers to the same prompts, over all
+    of them and over those whose round-0 answer finished: a base loop cut to the token cap counts
+    in the first and not in the second (hand-computed values), and the table and report show both."""
+    from flows.report_funnel import lift_section
+
+    prompts = _prompts(store, constraints=json.dumps([{"kind": "no_commas"}]))
+    cfg = EvalConfig(max_tokens=32, relevance=False, bootstrap_resamples=200)
+    loop = " ".join(["again"] * 40)
+    # round 0: three finished answers of 10 words, one loop of 40 cut at the cap -> 70 / 4 = 17.5
+    r0 = {"0": (" ".join(["w"] * 10), "stop"), "1": (" ".join(["w"] * 10), "stop"),
+          "2": (" ".join(["w"] * 10), "stop"), "3": (loop, "length")}
+    # round 1: 8, 8, 8 words where r0 finished (-20%), 6 where it looped -> 30 / 4 = 7.5 (-57%)
+    r1 = {"0": (" ".join(["v"] * 8), "stop"), "1": (" ".join(["v"] * 8), "stop"),
+          "2": (" ".join(["v"] * 8), "stop"), "3": (" ".join(["v"] * 6), "stop")}
+    pick = lambda table: (lambda text: table[text.split("number ")[1][0]])  # noqa: E731
+    base = None
+    for rnd, table in enumerate([r0, r1]):
+        responses = eval_responses_stage(store, Scripted(pick(table)), cfg, prompts=prompts,
+                                         output=f"r{rnd}.eval_responses")
+        run_eval(store, prompts=prompts, responses=responses, model=f"m{rnd}", round=rnd, config=cfg, baseline=base)
+        base = base or responses
+    df = store.read("evals").filter(pl.col("metric") == "mean_length_words").sort("round")
+    assert df["value"].to_list() == [17.5, 7.5]
+    assert json.loads(df["details"][0]) == {}
+    v = json.loads(df["details"][1])["vs_baseline"]
+    assert v["all"] == {"n": 4, "base": 17.5, "new": 7.5, "ratio": pytest.approx(7.5 / 17.5)}
+    assert v["base_finished"] == {"n": 3, "base": 10.0, "new": 8.0, "ratio": pytest.approx(0.8)}
+    table = format_eval_table(store.read("evals"))
+    assert "words vs r0: all / where r0 finished" in table and "-57% / -20% (n=3)" in table
+    section = lift_section(store.read("evals"))
+    header, rows = section.tables[0]
+    row = dict(zip(header, rows[1]))
+    assert row["round"] == "1" and row["words vs r0"] == "-57% (n=4)"
+    assert row["words vs r0 where r0 finished"] == "-20% (n=3)" and dict(zip(header, rows[0]))["words vs r0"] == "-"

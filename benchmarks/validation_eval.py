@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from generators.backends.factory import BackendConfig, make_backend
     from generators.models.registry import resolve_model
     from generators.relevance import RelevanceScorer
-    from pipelines.evals import EvalConfig, eval_responses_stage, run_eval
+    from pipelines.evals import EvalConfig, eval_responses_stage, length_changes, run_eval
     from pipelines.store import Store
 
     src, scratch = Store(a.store), Store(a.scratch)
@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             got = {r["metric"]: r for r in ev.iter_rows(named=True)}
             pr = got.get("pass_rate")
             lift = json.loads(pr["details"]).get("lift_vs_baseline") if pr else None
-            vs = json.loads(got["mean_length_words"]["details"] or "{}").get("vs_baseline", {})
-            words_vs = " / ".join(f"{vs[k]['ratio'] - 1:+.0%}" for k in ("all", "base_finished")
-                                  if vs.get(k, {}).get("ratio") is not None) or "-"
+            c = length_changes(got["mean_length_words"]["details"])
+            words_vs = " / ".join(c[k] for k in ("all", "base_finished") if k in c) or "-"
             rows.append({"model": m, "pass_rate": pr["value"] if pr else None, "n": pr["n"] if pr else 0,
                          "lift": (f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]" if lift else "-"),
                          "truncated": got["truncation_rate"]["value"],

@@ -69,12 +69,14 @@ def lift_section(evals: pl.DataFrame) -> Section | None:
         return None
     latest = evals.sort("eval_id").unique(subset=["round", "model", "metric"], keep="last")
     val = {(r["round"], r["metric"]): r["value"] for r in latest.iter_rows(named=True)}
-    vs_base = {r["round"]: json.loads(r["details"] or "{}").get("vs_baseline") or {}
+    from pipelines.evals import length_changes
+
+    changes = {r["round"]: length_changes(r["details"])
                for r in latest.filter(pl.col("metric") == "mean_length_words").iter_rows(named=True)}
 
     def change(k: int, part: str) -> str:
-        v = vs_base.get(k, {}).get(part)
-        return "-" if not v or v.get("ratio") is None else f"{v['ratio'] - 1:+.0%} (n={v['n']})"
+        c = changes.get(k, {})
+        return f"{c[part]} (n={c['n_' + part]})" if part in c else "-"
 
     rows, fam_rows = [], []
     for r in latest.filter(pl.col("metric") == "pass_rate").sort("round").iter_rows(named=True):

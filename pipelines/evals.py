@@ -169,6 +169,17 @@ def _length_vs_baseline(store: Store, frame: pl.DataFrame, baseline: TableRef) -
     return {"vs_baseline": out}
 
 
+def length_changes(details: str | None) -> dict[str, str]:
+    """`mean_length_words` details -> {"all": "-57%", "base_finished": "-20%"} (the parts recorded)
+    and their sizes as "n_all" / "n_base_finished"; {} for round 0."""
+    v = json.loads(details or "{}").get("vs_baseline") or {}
+    out = {}
+    for part in ("all", "base_finished"):
+        if v.get(part, {}).get("ratio") is not None:
+            out[part], out[f"n_{part}"] = f"{v[part]['ratio'] - 1:+.0%}", str(v[part]["n"])
+    return out
+
+
 def _win_rate(judge: Any, frame: pl.DataFrame, prev: dict[str, str]) -> tuple[float, int, dict] | None:
     idx = [i for i, p in enumerate(frame["prompt_id"].to_list()) if p in prev]
     if not idx:
@@ -316,11 +327,10 @@ def format_eval_table(df: pl.DataFrame) -> str:
             lifts[(r["round"], r["model"])] = f"{lift['diff']:+.3f} [{lift['low']:+.3f}, {lift['high']:+.3f}]"
     lengths = {}
     for r in latest.filter(pl.col("metric") == "mean_length_words").iter_rows(named=True):
-        v = json.loads(r["details"] or "{}").get("vs_baseline")
-        if v and v["all"].get("ratio") is not None:
-            fin = v.get("base_finished")
-            lengths[(r["round"], r["model"])] = f"{v['all']['ratio'] - 1:+.0%}" + (
-                f" / {fin['ratio'] - 1:+.0%} (n={fin['n']})" if fin and fin.get("ratio") is not None else "")
+        c = length_changes(r["details"])
+        if "all" in c:
+            lengths[(r["round"], r["model"])] = c["all"] + (
+                f" / {c['base_finished']} (n={c['n_base_finished']})" if "base_finished" in c else "")
     header = ["round", "model", *names] + (["pass_rate lift vs r0 [95% CI]"] if lifts else []) + (
         ["words vs r0: all / where r0 finished"] if lengths else [])
     body = [[str(r["round"]), str(r["model"]), *("-" if r.get(m) is None else f"{r[m]:.3f}" for m in names)]

@@ -88,6 +88,26 @@ def test_transformers_logprobs(hf):
         hf.logprobs(CONVS, texts[:1])
 
 
+def test_transformers_logprobs_match_one_row_full_logits(hf):
+    """Batching longest-first and projecting only the completion positions give the sums of a
+    plain per-row forward pass over all positions, in the caller's order."""
+    import torch
+
+    texts = ["a b c", "the sea is wide and the sky is grey and the wind is cold tonight", "", "ok then"]
+    convs = [CONVS[0], CONVS[1], CONVS[2], CONVS[1]]
+    model, tok = hf._need()
+    want = []
+    for conv, text in zip(convs, texts):
+        p = hf._prompt_ids(conv)
+        c = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p + c])
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=ids).logits.float()[0, :-1], -1)
+        want.append(float(logp[len(p) - 1:].gather(-1, ids[0, len(p):, None]).sum()))
+    assert hf.logprobs(convs, texts) == pytest.approx(want, abs=1e-3)
+    assert hf.logprobs(convs[::-1], texts[::-1]) == pytest.approx(want[::-1], abs=1e-3)
+
+
 def test_unloaded_and_missing_model_errors(tmp_path):
     with pytest.raises(BackendError, match="load"):
         TransformersBackend(tmp_path).generate(CONVS, Sampling())

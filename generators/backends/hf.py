@@ -250,18 +250,35 @@ class TransformersBackend:
             p = self._prompt_ids(conv)
             c = tok(text, add_special_tokens=False)["input_ids"] + ([eos] if include_eos and eos is not None else [])
             rows.append((p, c))
-        out: list[float] = []
-        for start in range(0, len(rows), self.max_batch_size):
-            chunk = rows[start:start + self.max_batch_size]
+        # Longest first, so a batch pads to rows of about its own length; only the positions that
+        # predict a completion token go through the vocabulary (left padding puts every row's
+        # completion at the end, so the last max(len(c)) + 1 positions hold them all).
+        order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
+        out = [0.0] * len(rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        for start in range(0, len(order), self.max_batch_size):
+            idx = order[start:start + self.max_batch_size]
+            chunk = [rows[i] for i in idx]
             width = max(len(p) + len(c) for p, c in chunk)
-            pad = tok.pad_token_id
+            keep = min(width, max(len(c) for _, c in chunk) + 1)
             ids = torch.tensor([[pad] * (width - len(p) - len(c)) + p + c for p, c in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(p) - len(c)) + [1] * (len(p) + len(c)) for p, c in chunk],
                                 device=self.device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)      # left padding must not shift positions
             with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            for row, (_, c) in enumerate(chunk):
-                out.append(float(logp[row, width - 1 - len(c):].sum()) if c else 0.0)
+                logits = self._last_logits(model, ids, mask, pos, keep)[:, :-1].float()
+                target = ids[:, width - keep + 1:]
+                logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            for row, (i, (_, c)) in enumerate(zip(idx, chunk)):
+                out[i] = float(logp[row, keep - 1 - len(c):].sum()) if c else 0.0
         return out
+
+    @staticmethod
+    def _last_logits(model, ids, mask, pos, keep: int):
+        """Logits of the last `keep` positions: transformers' logits_to_keep where the model takes
+        it (the vocabulary projection skips the rest), else the full logits sliced."""
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+        except TypeError:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        return logits[:, -keep:]

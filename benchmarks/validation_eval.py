@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                          "words vs first: all / where it finished": words_vs, "answer_s": round(gen_s)})
     finally:
         rel.close()
-    print(pl.DataFrame(rows).with_columns(pl.col(pl.Float64).round(3)))
+    # every column and the whole model path: polars elides columns past its default width, which
+    # hid the truncation rate in the fifteenth session's run
+    with pl.Config(tbl_cols=-1, tbl_width_chars=400, fmt_str_lengths=200):
+        print(pl.DataFrame(rows).with_columns(pl.col(pl.Float64).round(3)))
     return 0
 
 

@@ -21,7 +21,12 @@ greedy_first).
 `repair: true` (with greedy) adds, for a prompt with constraints whose greedy answer fails them,
 that answer repaired by rule (filters/constraints/repair.py: cut before a loop, the start phrase
 added, lower-cased, three bullets ...): sample_index n + 1, `sampling` {"repair": ..., "of": the
-greedy sample_id}, no tokens. A small policy's pool rarely holds an answer that follows an
+greedy sample_id}. Where the backend can count tokens (`count_tokens`: the vLLM engine, the
+transformers model, a started vLLM server), the repair must fit the policy's budget as an
+answer the policy could write would: fewer tokens than max_tokens (an upper-cased repair of a
+long answer took 284-506 SmolLM2 tokens against max_tokens 256); its last sentences go until it
+does, and its completion_tokens is that count. An HTTP endpoint gives no tokenizer: its repairs
+are not counted (completion_tokens null). A small policy's pool rarely holds an answer that follows an
 instruction the policy does not follow yet; the repaired answer is that answer, made of the
 policy's own text, so the pair differs where the constraint is. Scored like any other sample;
 where no edit meets the constraints no row is written. It is written in the same commit as its
@@ -104,7 +109,8 @@ class SamplingStageConfig(BaseModel):
         return replace(self.sampling(), n=1, temperature=0.0, top_p=1.0)
 
 
-REPAIR_RULES = "repair-1"      # bump when filters/constraints/repair.py changes what it writes
+REPAIR_RULES = "repair-2"      # bump when filters/constraints/repair.py changes what it writes
+# repair-2: the repair fits the policy's token budget (fewer tokens than max_tokens) where the backend counts tokens
 
 
 def _batch_seed(seed: int, first_key: str) -> int:
@@ -202,13 +208,17 @@ class SampleWork(WorkBase):
         cons, request = self.constraints[pid]
         if check_strict(cons, text, prompt="", finish_reason=finish_reason).passed:
             return None
-        fixed = repair(cons, text, prompt=task_text(request, cons), finish_reason=finish_reason)
+        count = getattr(self.backend, "count_tokens", None)
+        budget = self.cfg.max_tokens
+        fits = (lambda t: count(t) < budget) if callable(count) else None
+        fixed = repair(cons, text, prompt=task_text(request, cons), finish_reason=finish_reason, fits=fits)
         if fixed is None or fixed == text:
             return None
         return {"sample_id": self.repairs[pid], "prompt_id": pid, "policy": self.backend.model_id,
                 "policy_revision": self.backend.revision, "sample_index": self.cfg.n + 1, "seed": self.cfg.seed,
                 "sampling": json.dumps({"repair": REPAIR_RULES, "of": self.greedy[pid]}, sort_keys=True),
-                "completion": fixed, "finish_reason": "stop", "prompt_tokens": None, "completion_tokens": None,
+                "completion": fixed, "finish_reason": "stop", "prompt_tokens": None,
+                "completion_tokens": count(fixed) if callable(count) else None,
                 "is_reference": False}
 
     def _stored_repairs(self, items: list[Item]) -> list[dict]:

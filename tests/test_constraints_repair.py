@@ -92,6 +92,21 @@ def test_what_no_edit_can_meet_is_none():
         repair([{"kind": "no_such_kind"}], FINISHED)
 
 
+def test_a_repair_too_long_for_the_budget_loses_its_last_sentences():
+    words = lambda t: len(t.split())                          # a stand-in tokenizer: one token per word
+    whole = repair([{"kind": "uppercase"}], FINISHED, prompt=PROMPT)
+    assert whole is not None and words(whole) > 30
+    out = repair([{"kind": "uppercase"}], FINISHED, prompt=PROMPT, fits=lambda t: words(t) < 30)
+    assert out is not None and words(out) < 30 and whole.startswith(out[:-1])   # a prefix, whole sentences
+    assert out == out.upper() and out.endswith(".") and _strict([{"kind": "uppercase"}], out).passed
+    # an answer that fits is left as the unbounded repair writes it
+    assert repair([{"kind": "uppercase"}], FINISHED, prompt=PROMPT, fits=lambda t: True) == whole
+    # nothing fits: no repair; min_sentences (never padded) cannot be met by cutting either
+    assert repair([{"kind": "uppercase"}], FINISHED, prompt=PROMPT, fits=lambda t: False) is None
+    assert repair([{"kind": "min_sentences", "n": 5}, {"kind": "uppercase"}], FINISHED, prompt=PROMPT,
+                  fits=lambda t: words(t) < 30) is None
+
+
 class Fixed:
     """A backend that answers every conversation with one fixed text (greedy) or a numbered one."""
 
@@ -165,3 +180,23 @@ def test_a_rerun_that_turns_repair_on_repairs_the_stored_greedy_answers(store):
 def test_repair_without_the_greedy_answer_is_refused():
     with pytest.raises(ValueError, match="sampling.repair edits the greedy answer"):
         SamplingStageConfig(repair=True, temperature=1.0)
+
+
+class Counting(Fixed):
+    """Fixed, with a tokenizer: one token per character, so an answer of 40+ characters is over
+    max_tokens 40."""
+
+    def count_tokens(self, text):
+        return len(text)
+
+
+def test_the_sampling_stage_fits_a_repair_to_max_tokens_where_the_backend_counts_tokens(store):
+    rows = _prompts(store)
+    cfg = SamplingStageConfig(n=2, temperature=1.0, greedy=True, repair=True, max_tokens=60)
+    df = store.read(sample_stage(store, Counting(LOOP), cfg, prompts="prompts", output="s", stream=False))
+    rep = {r["prompt_id"]: r for r in df.filter(pl.col("sample_index") == 3).iter_rows(named=True)}
+    low = rep[rows[0]["prompt_id"]]
+    # the whole repair (79 characters, above) is over budget: its second sentence goes
+    assert low["completion"] == "blue light is scattered by the air around us."
+    assert low["completion_tokens"] == len(low["completion"]) < 60 and low["finish_reason"] == "stop"
+    assert json.loads(low["sampling"])["repair"] == "repair-2"

@@ -19,7 +19,9 @@ What an edit does, in order (each step only where a constraint asks for it):
 4. layout: n paragraphs, n bullets, a numbered list of n, or a JSON object {"answer": ...};
 5. wrappers: a title from the request's own words, the start phrase, the end phrase, a
    postscript after the marker;
-6. case and punctuation: all lower / all upper case, commas removed.
+6. case and punctuation: all lower / all upper case, commas removed;
+7. budget: where the caller says the result is too long for the policy to write within its
+   max_tokens (`fits`), the last sentences go until it fits.
 Kinds an edit cannot meet honestly return None: two_responses (needs a second answer) and the
 held-out kinds no edit here writes; min_words and min_sentences are never edited (content would
 have to be invented), so they hold only where the answer already met them. The result is verified with the strict format and substance checks; anything
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from filters.constraints import text as T
@@ -176,11 +178,14 @@ def _highlight(text: str, n: int) -> str | None:
 
 
 def repair(constraints: Sequence[dict[str, Any]], response: str | None, *, prompt: str = "",
-           finish_reason: str | None = None) -> str | None:
+           finish_reason: str | None = None, fits: Callable[[str], bool] | None = None) -> str | None:
     """A rewrite of `response` meeting every constraint by editing (see the module docstring), or None.
 
     `prompt` is the request without its constraint sentences (the title is drawn from it);
-    `finish_reason` "length" marks a cut-off answer. None when a kind cannot be met by editing,
+    `finish_reason` "length" marks a cut-off answer. `fits` (the sampling stage passes "fewer
+    tokens than max_tokens" under the policy's tokenizer) must hold for the result: where the
+    edit makes the answer too long for the policy to write (an all-caps word is ~2.5 tokens),
+    its last sentences are dropped until it fits. None when a kind cannot be met by editing,
     when too little of the answer is left, or when the result fails the strict checks."""
     cs = validate_constraints(constraints)
     if not cs or any(c["kind"] not in REPAIRABLE for c in cs):
@@ -193,6 +198,17 @@ def repair(constraints: Sequence[dict[str, Any]], response: str | None, *, promp
     if "forbidden_words" in cons:
         sents = [_strip_words(s, cons["forbidden_words"]["words"]) for s in sents]
         changed = True
+    for n in range(len(sents), 0, -1):
+        out = _edit(cs, cons, text, sents[:n], changed or n < len(sents), prompt)
+        if out is None or fits is None or fits(out):
+            return out
+    return None
+
+
+def _edit(cs: list[dict[str, Any]], cons: dict[str, dict], text: str, sents: list[str], changed: bool,
+          prompt: str) -> str | None:
+    """The edits of steps 2-6 on the cleaned sentences `sents`; `text` (the whole answer) is kept
+    as written where nothing asks for a rebuild. None where the result fails the strict checks."""
     extra = _keyword_sentences(cons["include_keywords"]["words"], " ".join(sents)) if "include_keywords" in cons else []
     rebuild = changed or bool(extra) or any(k in cons for k in (*_LAYOUT, *_CUTS))
     if rebuild:

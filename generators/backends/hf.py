@@ -81,6 +81,11 @@ class TransformersBackend:
         ).to(self.device).eval()
         log.info("loaded %s (revision %s) on %s", self.path, self.revision, self.device)
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a completion under the model's tokenizer (no special tokens)."""
+        self._need()
+        return len(self._tok.encode(text, add_special_tokens=False))
+
     def close(self) -> None:
         self._model = None
         self._tok = None

@@ -256,6 +256,10 @@ class VLLMBackend:
                     engine.step()
             self._streaming = False
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a completion under the engine's tokenizer (no special tokens)."""
+        return len(self.llm.get_tokenizer().encode(text, add_special_tokens=False))
+
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[Completion]]:
         _ = self.llm                   # BackendError before load()
         if not conversations:

@@ -69,6 +69,7 @@ class VLLMServerBackend(OpenAIBackend):
                            trust_remote_code=trust_remote_code)
         self.guards: list[subprocess.Popen] = []
         self.logs: list[Path] = []
+        self._tokenizer = None
 
     @classmethod
     def from_config(cls, cfg: Any, folder: Path) -> VLLMServerBackend:
@@ -168,6 +169,15 @@ class VLLMServerBackend(OpenAIBackend):
         except BaseException:
             self.close()
             raise
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a completion under the served folder's tokenizer (no special tokens)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                self.folder, trust_remote_code=self.engine["trust_remote_code"], local_files_only=True)
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def check_served(self, base: str, entry: dict) -> None:
         if entry.get("root") != str(self.folder):

@@ -177,3 +177,12 @@ def test_kind_table_and_capabilities(tiny_model_dir):
     assert not BackendConfig(kind="openai", guided_fields="none").supports_guided
     with pytest.raises(ValueError, match="cannot serve the newly trained model"):
         endpoint.for_model("/models/r1")
+
+
+def test_count_tokens_is_the_tokenizers_completion_length_on_both_backends(hf, vllm_backend):
+    """The sampling stage fits a repaired answer to max_tokens with count_tokens: no special
+    tokens (a completion has no BOS), the same count from the engine's tokenizer as from the model's."""
+    text = "THE SKY LOOKS BLUE BECAUSE AIR SCATTERS SUNLIGHT. Short blue waves scatter more."
+    want = len(hf._tok(text, add_special_tokens=False)["input_ids"])
+    assert hf.count_tokens(text) == want == vllm_backend.count_tokens(text)
+    assert hf.count_tokens("") == 0 and hf.count_tokens(text + " " + text) > want

@@ -109,9 +109,8 @@ class SamplingStageConfig(BaseModel):
         return replace(self.sampling(), n=1, temperature=0.0, top_p=1.0)
 
 
-REPAIR_RULES = "repair-3"      # bump when filters/constraints/repair.py changes what it writes
+REPAIR_RULES = "repair-2"      # bump when filters/constraints/repair.py changes what it writes
 # repair-2: the repair fits the policy's token budget (fewer tokens than max_tokens) where the backend counts tokens
-# repair-3: a list marker ("1. ") is no sentence of its own (filters/constraints/text.py): a cut list keeps no bare "5."
 
 
 def _batch_seed(seed: int, first_key: str) -> int:

@@ -5,8 +5,6 @@ highlights, sections and lenient JSON parsing. Pure functions of a string, no st
     3
     >>> sentences("Hi there. How are you? Fine")
     ['Hi there.', 'How are you?', 'Fine']
-    >>> sentences("1. Stretch first.\\n2. Run slowly.")
-    ['1. Stretch first.', '2. Run slowly.']
 """
 from __future__ import annotations
 
@@ -17,8 +15,6 @@ from typing import Any
 WORD = re.compile(r"\S+")                      # length limits count whitespace-separated tokens
 ALNUM = re.compile(r"\w+")                     # content words (letters/digits) for overlap measures
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
-_LINE_MARKER = re.compile(r"(?:\d{1,3}[.)]|[*\-•+]|#{1,6})[ \t]+")   # a list item's or heading's marker
-_BARE_MARKER = re.compile(r"\d{1,3}[.)]")
 _ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|prof|st|no|fig)\.\s+$", re.IGNORECASE)
 BULLET = re.compile(r"^[ \t]*[*\-•][ \t]+(\S.*)$", re.MULTILINE)
 NUMBERED = re.compile(r"^[ \t]*(\d{1,3})[.)][ \t]+(\S.*)$", re.MULTILINE)
@@ -41,17 +37,14 @@ def content_words(text: str) -> list[str]:
 
 def sentences(text: str) -> list[str]:
     """Split at . ! ? followed by space (not after common abbreviations); a trailing
-    unterminated run is a sentence; markdown bullets and lines count as sentence breaks. A list
-    marker at the start of a line ("1. ", "2) ", "* ") belongs to the sentence after it: it is
-    not a sentence of its own (a numbered list of n one-sentence items is n sentences)."""
+    unterminated run is a sentence; markdown bullets and lines count as sentence breaks."""
     out: list[str] = []
     for line in re.split(r"\n+", text.strip()):
         line = line.strip()
-        if not line or _BARE_MARKER.fullmatch(line):      # an empty list item is no sentence
+        if not line:
             continue
         start = 0
-        lead = _LINE_MARKER.match(line)
-        for m in _SENT_END.finditer(line, lead.end() if lead else 0):
+        for m in _SENT_END.finditer(line):
             if _ABBREV.search(line[start:m.end()]):
                 continue
             out.append(line[start:m.end()].strip())

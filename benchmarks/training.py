@@ -106,7 +106,11 @@ class Stepper:
         batch = next(self.batches)
         self.inputs.append(batch["input_ids"])
         w, c = time.perf_counter(), time.process_time()
-        tr.training_step(tr.model, batch)
+        # Trainer.train() gets mixed precision from accelerate wrapping the model's forward in
+        # autocast; a step driven by hand must enter it itself (before the nineteenth session it
+        # did not, so the "bfloat16" side ran in float32)
+        with tr.accelerator.autocast():
+            tr.training_step(tr.model, batch)
         torch.nn.utils.clip_grad_norm_(tr.model.parameters(), tr.args.max_grad_norm)
         tr.optimizer.step()
         tr.lr_scheduler.step()
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--answer-words", default="20-200", help="answer length range in words, MIN-MAX")
-    ap.add_argument("--new-dtype", choices=("float32", "bfloat16"), default="float32",
+    ap.add_argument("--new-dtype", choices=("float32", "bfloat16", "auto"), default="float32",
                     help="precision of the new side (bfloat16 = CPU autocast mixed precision)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

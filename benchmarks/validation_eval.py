@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--more-limit", type=int, default=120, help="at most this many added prompts")
     ap.add_argument("--more-offset", type=int, default=0, help="skip the first K unused seeds")
     ap.add_argument("--k-max", type=int, default=2, help="added prompts: most constraints per prompt (k_min 1)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
+                    help="the answering engine's precision (the demo's policy.dtype; earlier figures: float32)")
     ap.add_argument("models", nargs="+", help="model folders or built-in names; the first is the baseline")
     a = ap.parse_args(argv)
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, m in enumerate(a.models):
             folder = str(resolve_model(m))
-            be = make_backend(BackendConfig(kind="vllm", model=folder))
+            be = make_backend(BackendConfig(kind="vllm", model=folder, dtype=a.dtype))
             be.load()
             t0 = time.perf_counter()
             try:

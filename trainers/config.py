@@ -72,7 +72,10 @@ class TrainArgs(_Frozen):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (about 20-30% slower).")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision (bfloat16 = mixed precision).")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="Training precision: bfloat16 = mixed precision (autocast, float32 weights and "
+                               "optimizer); auto = bfloat16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX), "
+                               "float32 otherwise.")
     lora: LoraOptions | None = Field(None, description="Train a LoRA adapter instead of all weights (None = full fine-tuning).")
     logging_steps: int = Field(1, ge=1, description="Log metrics every N steps (the registry keeps the last logged values).")
     logprob_head: Literal["auto", "completion", "trl"] = Field(
@@ -87,6 +90,14 @@ class TrainArgs(_Frozen):
             raise ValueError(f"max_steps={self.max_steps}; use a positive step count or -1 to run `epochs` epochs")
         return self
 
+    @property
+    def precision(self) -> str:
+        """`dtype` resolved on this machine: float32 or bfloat16 (auto: bfloat16 where it is native)."""
+        from generators.backends.precision import resolve_dtype
+
+        # a GPU without bf16 trains in float32 (float16 training would need a loss scaler)
+        return "bfloat16" if resolve_dtype(self.dtype) == "bfloat16" else "float32"
+
     def trl_kwargs(self, output_dir: str) -> dict[str, Any]:
         """TrainingArguments fields shared by every TRL config."""
         import torch
@@ -98,7 +109,7 @@ class TrainArgs(_Frozen):
                     gradient_accumulation_steps=self.grad_accum, seed=self.seed, data_seed=self.seed,
                     lr_scheduler_type=self.lr_scheduler, warmup_steps=self.warmup_steps,
                     weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
-                    gradient_checkpointing=self.gradient_checkpointing, bf16=self.dtype == "bfloat16",
+                    gradient_checkpointing=self.gradient_checkpointing, bf16=self.precision == "bfloat16",
                     logging_steps=self.logging_steps, save_strategy="no", report_to=[], disable_tqdm=True,
                     dataloader_num_workers=0, max_length=self.max_length)
 

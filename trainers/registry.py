@@ -77,6 +77,8 @@ def register_training(store: Store, *, trainer: str, data: Sequence[TableRef], p
     """Train (via `fit`) unless this exact run completed before; register the model; return it."""
     output_dir = Path(output_dir).resolve()
     cfg = config.model_dump(mode="json")
+    if cfg.get("dtype") == "auto":   # the precision this machine resolved it to is part of the run
+        cfg["precision"] = config.precision  # type: ignore[attr-defined]
     run = StageRun(store, stage="train", output=table, kind="models", parents=data,
                    config={"trainer": trainer, "name": name, "round": round, "output_dir": str(output_dir), **cfg},
                    models={"policy": str(policy), "policy_revision": _revision(policy),

@@ -65,7 +65,8 @@ class BackendConfig(BaseModel):
     model: str = Field("smollm2", description="built-in model name (smollm2) or local model folder; for "
                        "kind=openai, the model name the endpoint serves")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="weight/activation dtype for vllm, vllm_server and transformers (float32 on CPU)")
+        "float32", description="weight/activation dtype for vllm, vllm_server and transformers; auto = bfloat16 on "
+        "a GPU or a CPU with native bf16 (AVX512-BF16/AMX), float32 otherwise (generators/backends/precision.py)")
     trust_remote_code: bool = Field(False, description="allow custom modeling code shipped in the model folder; "
                                     "off unless the recipe asks for it")
     # vllm / vllm_server

@@ -68,7 +68,10 @@ class TransformersBackend:
         if not self.path.is_dir():
             raise BackendError(f"model path {str(self.path)!r} does not exist; pass a local model folder")
         self.revision = model_revision(self.path)
-        torch_dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+        from generators.backends.precision import resolve_dtype
+
+        self.dtype = resolve_dtype(self.dtype, device=str(self.device))
+        torch_dtype = getattr(torch, self.dtype)
         self._tok = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code,
                                                   local_files_only=True)
         if self._tok.chat_template is None:
@@ -79,7 +82,7 @@ class TransformersBackend:
         self._model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=torch_dtype, trust_remote_code=self.trust_remote_code, local_files_only=True,
         ).to(self.device).eval()
-        log.info("loaded %s (revision %s) on %s", self.path, self.revision, self.device)
+        log.info("loaded %s (revision %s) on %s in %s", self.path, self.revision, self.device, self.dtype)
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as a completion under the model's tokenizer (no special tokens)."""

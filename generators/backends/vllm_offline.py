@@ -148,13 +148,16 @@ class VLLMBackend:
             # anything else the process holds (another model, a dataset) can leave it negative.
             kv = _CPU_KV_GIB
         extra = {"kv_cache_memory_bytes": int(kv * 2**30)} if kv is not None else {}
+        from generators.backends.precision import resolve_dtype
+
+        self.dtype = resolve_dtype(self.dtype)
         self._llm = LLM(model=str(self.path), dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
                         enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
                         trust_remote_code=self.trust_remote_code, seed=self.seed, **extra)
         if self.per_request_seed is None:
             self.per_request_seed = not current_platform.is_cpu()
         self.max_num_seqs = int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
-        log.info("vLLM engine up for %s (revision %s)", self.path, self.revision)
+        log.info("vLLM engine up for %s (revision %s, %s)", self.path, self.revision, self.dtype)
 
     def close(self) -> None:
         if self._llm is None:

@@ -115,3 +115,13 @@ def test_trained_model_records_the_resolved_precision(monkeypatch, tiny_model_di
     cfg = PreferenceConfig(dtype="auto", batch_size=2, max_steps=1, max_length=64, learning_rate=1e-5)
     rec = train_dpo(store, data=f"pairs@{v}", policy=tiny_model_dir, config=cfg, output_dir=tmp_path / "m", name="t")
     assert rec.config["dtype"] == "auto" and rec.config["precision"] == "bfloat16"
+
+
+def test_precision_benchmark_runs_its_sides_apart(capsys):
+    from benchmarks.precision import main
+
+    main(["--parts", "matmul", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "cpu native bf16:" in out and "matmul float32:" in out and "matmul bfloat16:" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("bf16_speedup: matmul ") and float(last.split()[-1]) > 0

@@ -125,3 +125,14 @@ def test_precision_benchmark_runs_its_sides_apart(capsys):
     assert "cpu native bf16:" in out and "matmul float32:" in out and "matmul bfloat16:" in out
     last = out.strip().splitlines()[-1]
     assert last.startswith("bf16_speedup: matmul ") and float(last.split()[-1]) > 0
+
+
+def test_bad_override_is_a_one_line_error_before_anything_is_written(monkeypatch, tmp_path, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv(precision.ENV, "yes")
+    store = tmp_path / "store"
+    assert main(["run", "recipes/quickstart.yaml", "--dry-run", "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PREFMILL_CPU_BF16='yes'; set it to 1" in err[0]
+    assert not store.exists()

@@ -86,6 +86,10 @@ class TrainArgs(_Frozen):
 
     @model_validator(mode="after")
     def _steps(self):
+        if self.dtype == "auto":
+            from generators.backends.precision import cpu_native_bf16
+
+            cpu_native_bf16()   # a bad PREFMILL_CPU_BF16 is a config error, before anything is written
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps={self.max_steps}; use a positive step count or -1 to run `epochs` epochs")
         return self

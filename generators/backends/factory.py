@@ -36,6 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from generators.backends.base import Backend
+from generators.backends.precision import cpu_native_bf16
 
 BackendKind = Literal["vllm", "openai", "transformers", "vllm_server"]
 _MANAGED_ARGS = {"--model", "--port", "--host", "--served-model-name", "--dtype", "--max-model-len",
@@ -111,6 +112,8 @@ class BackendConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> BackendConfig:
+        if self.dtype == "auto":
+            cpu_native_bf16()   # a bad PREFMILL_CPU_BF16 is a recipe error, before anything is written
         if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
         if self.kind == "vllm_server":

@@ -8,7 +8,8 @@ emulated:
 - a CUDA device: bfloat16 where the device supports it, float16 otherwise;
 - a CPU with AVX512-BF16 or AMX-BF16 instructions (Zen 4 and later, Sapphire Rapids and later):
   bfloat16. Measured on a 2-core AMD EPYC with avx512_bf16 (docs/benchmarks.md, nineteenth
-  session): a SmolLM2 matmul 5x, vLLM sampling 1.65x, a DPO step under CPU autocast 1.7x faster;
+  session, benchmarks/precision.py): a SmolLM2 matmul 4.8x, vLLM sampling 1.59x, a DPO step under CPU
+  autocast 1.91x faster;
 - any other CPU: float32 (bf16 there is emulated: the second session measured a step only 13%
   faster, on a machine whose flags were not recorded).
 

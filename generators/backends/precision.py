@@ -14,8 +14,8 @@ emulated:
   faster, on a machine whose flags were not recorded).
 
 PREFMILL_CPU_BF16=1 / =0 overrides the CPU check (to pin a precision across machines, write the
-dtype in the recipe instead). The resolved precision is logged by every backend and trainer, so a
-run says which one it used.
+dtype in the recipe instead). Every backend logs the precision it loaded; a trained model's
+registered config keeps `dtype: auto` beside the `precision` it resolved to.
 """
 from __future__ import annotations
 

@@ -27,6 +27,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from generators.backends.precision import cpu_native_bf16, resolve_dtype
+
 Loss = Literal["sigmoid", "ipo", "cdpo", "simpo", "orpo", "rpo", "kto"]
 LOSSES: tuple[str, ...] = get_args(Loss)
 REFERENCE_FREE: frozenset[str] = frozenset({"simpo", "orpo"})
@@ -87,8 +89,6 @@ class TrainArgs(_Frozen):
     @model_validator(mode="after")
     def _steps(self):
         if self.dtype == "auto":
-            from generators.backends.precision import cpu_native_bf16
-
             cpu_native_bf16()   # a bad PREFMILL_CPU_BF16 is a config error, before anything is written
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps={self.max_steps}; use a positive step count or -1 to run `epochs` epochs")
@@ -97,8 +97,6 @@ class TrainArgs(_Frozen):
     @property
     def precision(self) -> str:
         """`dtype` resolved on this machine: float32 or bfloat16 (auto: bfloat16 where it is native)."""
-        from generators.backends.precision import resolve_dtype
-
         # a GPU without bf16 trains in float32 (float16 training would need a loss scaler)
         return "bfloat16" if resolve_dtype(self.dtype) == "bfloat16" else "float32"
 

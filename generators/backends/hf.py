@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from generators.backends.base import (BackendError, Completion, Conversation, Request, Sampling, copy_greedy,
                                       merge_logprob)
+from generators.backends.precision import resolve_dtype
 
 log = logging.getLogger("prefmill.backends.hf")
 
@@ -68,8 +69,6 @@ class TransformersBackend:
         if not self.path.is_dir():
             raise BackendError(f"model path {str(self.path)!r} does not exist; pass a local model folder")
         self.revision = model_revision(self.path)
-        from generators.backends.precision import resolve_dtype
-
         self.dtype = resolve_dtype(self.dtype, device=str(self.device))
         torch_dtype = getattr(torch, self.dtype)
         self._tok = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code,

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from generators.backends.base import (BackendError, Completion, Conversation, Request, Sampling, copy_greedy,
                                       generate_via_stream, merge_logprob, request_seed)
+from generators.backends.precision import resolve_dtype
 
 log = logging.getLogger("prefmill.backends.vllm")
 
@@ -148,8 +149,6 @@ class VLLMBackend:
             # anything else the process holds (another model, a dataset) can leave it negative.
             kv = _CPU_KV_GIB
         extra = {"kv_cache_memory_bytes": int(kv * 2**30)} if kv is not None else {}
-        from generators.backends.precision import resolve_dtype
-
         self.dtype = resolve_dtype(self.dtype)
         self._llm = LLM(model=str(self.path), dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
                         enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,

@@ -86,7 +86,8 @@ class VLLMServerBackend(OpenAIBackend):
         e = self.engine
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.folder),
                "--served-model-name", self.model_id, "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", resolve_dtype(e["dtype"], device="cpu" if cpu else "cuda"), "--max-model-len", str(e["max_model_len"]), "--seed", str(e["seed"]),
+               "--dtype", resolve_dtype(e["dtype"], device="cpu" if cpu else "cuda"),
+               "--max-model-len", str(e["max_model_len"]), "--seed", str(e["seed"]),
                "--gpu-memory-utilization", str(e["gpu_memory_utilization"])]
         kv = e["kv_cache_gib"] if e["kv_cache_gib"] is not None else (_CPU_KV_GIB if cpu else None)
         if kv is not None:

@@ -2,6 +2,8 @@
 trainers run in what it resolved to."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -136,3 +138,35 @@ def test_bad_override_is_a_one_line_error_before_anything_is_written(monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "PREFMILL_CPU_BF16='yes'; set it to 1" in err[0]
     assert not store.exists()
+
+
+def test_sampling_lineage_records_the_resolved_precision_and_keys_do_not_change(monkeypatch, tiny_model_dir,
+                                                                                 tmp_path):
+    # dtype auto answers differently on a CPU with native bf16 and on one without: the stage's
+    # lineage (and so its fingerprint) says which precision wrote a version; the sample keys stay
+    # id + revision + sampling, as before
+    import polars as pl
+
+    from generators.backends.hf import TransformersBackend
+    from pipelines.lineage import LINEAGE_TABLE
+    from pipelines.prompts import prompt_row, prompts_frame
+    from pipelines.sampling import SamplingStageConfig, sample_stage
+    from pipelines.store import Store
+
+    got = {}
+    for env, want in (("1", "bfloat16"), ("0", "float32")):
+        monkeypatch.setenv(precision.ENV, env)
+        store = Store(tmp_path / f"store{env}")
+        store.append("prompts", prompts_frame([prompt_row([{"role": "user", "content": "Name a colour."}],
+                                                          task_type="open_qa", source="test")]), kind="prompts")
+        be = TransformersBackend(tiny_model_dir, dtype="auto", model_id="tiny")
+        be.load()
+        try:
+            out = sample_stage(store, be, SamplingStageConfig(n=2, temperature=0.0, max_tokens=4, split="all"),
+                               prompts="prompts", output="s", stream=False)
+        finally:
+            be.close()
+        rec = store.read(LINEAGE_TABLE).filter(pl.col("table") == "s").row(0, named=True)
+        assert json.loads(rec["models"])["policy"]["precision"] == want
+        got[want] = (rec["fingerprint"], sorted(store.read(out)["sample_id"].to_list()))
+    assert got["bfloat16"][0] != got["float32"][0] and got["bfloat16"][1] == got["float32"][1]

@@ -103,7 +103,10 @@ def test_two_replicas_share_requests_and_stop_on_close(tiny_model_dir):
         reqs = ((i, [{"role": "user", "content": f"Tell me about item {i}."}]) for i in range(24))
         got = dict(be.stream(reqs, Sampling(n=2, temperature=1.0, max_tokens=8)))
         assert sorted(got) == list(range(24)) and all(len(c) == 2 for c in got.values())
-        assert min(be.replica_requests) >= 6 and sum(be.replica_requests) == 24      # both replicas worked
+        # both replicas worked: the first 8 in flight alternate (fewest in flight, ties to the lower
+        # index); the rest go to whichever frees first, so a replica slowed by the other's threads on
+        # 2 cores may get no more (a 20/4 split was seen)
+        assert min(be.replica_requests) >= 4 and sum(be.replica_requests) == 24
         judged = be.generate([[{"role": "user", "content": "Score 1-5"}]] * 4,
                              Sampling(n=3, temperature=1.0, max_tokens=4, guided_choice=("1", "2", "3", "4", "5")))
         assert {c.text for o in judged for c in o} <= {"1", "2", "3", "4", "5"}

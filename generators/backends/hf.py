@@ -54,6 +54,11 @@ class TransformersBackend:
         self._tok = None
         self._guided: tuple | None = None      # (guided spec, GuidedMask) of the last guided call
 
+    @property
+    def precision(self) -> str | None:
+        """The dtype the engine runs in: the resolved one after load(), None while it is still "auto"."""
+        return None if self.dtype == "auto" else self.dtype
+
     # -- lifecycle ------------------------------------------------------------------------
     def load(self) -> None:
         if self._model is not None:

@@ -122,6 +122,11 @@ class VLLMBackend:
         self._streaming = False
 
     @property
+    def precision(self) -> str | None:
+        """The dtype the engine runs in: the resolved one after load(), None while it is still "auto"."""
+        return None if self.dtype == "auto" else self.dtype
+
+    @property
     def llm(self):
         """The underlying vllm.LLM (for benchmarks and advanced callers)."""
         if self._llm is None:

@@ -70,6 +70,7 @@ class VLLMServerBackend(OpenAIBackend):
                            trust_remote_code=trust_remote_code)
         self.guards: list[subprocess.Popen] = []
         self.logs: list[Path] = []
+        self.precision: str | None = None     # the servers' --dtype, resolved when they start
         self._tokenizer = None
 
     @classmethod
@@ -86,7 +87,7 @@ class VLLMServerBackend(OpenAIBackend):
         e = self.engine
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.folder),
                "--served-model-name", self.model_id, "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", resolve_dtype(e["dtype"], device="cpu" if cpu else "cuda"),
+               "--dtype", self.precision or resolve_dtype(e["dtype"], device="cpu" if cpu else "cuda"),
                "--max-model-len", str(e["max_model_len"]), "--seed", str(e["seed"]),
                "--gpu-memory-utilization", str(e["gpu_memory_utilization"])]
         kv = e["kv_cache_gib"] if e["kv_cache_gib"] is not None else (_CPU_KV_GIB if cpu else None)
@@ -112,6 +113,7 @@ class VLLMServerBackend(OpenAIBackend):
         from generators.models.registry import cache_dir
 
         cpu = not torch.cuda.is_available()
+        self.precision = resolve_dtype(self.engine["dtype"], device="cpu" if cpu else "cuda")
         env = dict(os.environ)
         if cpu:
             env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -28,7 +28,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from generators import dialogue
-from generators.backends.base import Backend, Sampling, model_identity
+from generators.backends.base import Backend, Sampling
 from generators.backends.factory import BackendConfig
 from pipelines import keys
 from pipelines.schemas import get_schema
@@ -102,10 +102,12 @@ class DialogueConfig(BaseModel):
         return self.min_turns if self.min_turns is not None else min(2, self.turns)
 
 
+def _model(b: Backend) -> dict:
+    return {"id": b.model_id, "revision": b.revision}
+
+
 def dialogue_ids(seed_ids: Sequence[str], cfg: DialogueConfig, models: dict, templates: dict) -> list[str]:
-    """hash(seed prompt_id, config without batch_size, models' id and revision, template hash) per
-    seed. A model's precision is in the stage's lineage, not in the key (as for sample keys)."""
-    models = {role: {k: m[k] for k in ("id", "revision")} for role, m in models.items()}
+    """hash(seed prompt_id, config without batch_size, models, template hash) per seed."""
     conf = cfg.model_dump(mode="json", exclude={"batch_size"})
     return [keys.content_hash("dialogue", pid, conf, models, templates) for pid in seed_ids]
 
@@ -167,7 +169,7 @@ class DialogueWork(WorkBase):
             if not b.revision:
                 raise ValueError(f"{role} backend {b.model_id!r} has no revision; call load() before the dialogue stage")
         self.store, self.policy, self.user, self.cfg, self.prompts, self.output = store, policy, user, cfg, prompts, output
-        self.models = {"policy": model_identity(policy), "user": model_identity(user)}
+        self.models = {"policy": _model(policy), "user": _model(user)}
         self.templates = dialogue.template_hashes(cfg.template, cfg.template_dir)
         self.identity = Identity(stage="dialogue", output=output, kind="prompts", parents=(prompts,),
                                  config=cfg.model_dump(mode="json", exclude={"batch_size"}), models=self.models,

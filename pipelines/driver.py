@@ -331,7 +331,16 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
                 close()
     if not finish:
         return None
-    return run.finish(rows_in=work.rows_in(), target_keys=work.target_keys(), stats=usage.as_dict())
+    return run.finish(rows_in=work.rows_in(), target_keys=work.target_keys(), stats=usage.as_dict() | _run_facts(work))
+
+
+def _run_facts(work: Work) -> dict[str, str]:
+    """What the completing run ran on that is not in the stage's identity (so in no key or
+    fingerprint, like batch size): the precision its engine resolved (`dtype: auto` is bfloat16 on
+    a CPU with native bf16, float32 elsewhere), where the work's backend reports one. A sharded
+    stage's completing pass loads no engine and records none."""
+    precision = getattr(getattr(work, "backend", None), "precision", None)
+    return {"precision": str(precision)} if precision else {}
 
 
 def _run_items(work: Work, items: list[Item], committer: _Committer, usage: Usage, *, batch_size: int,

@@ -21,7 +21,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from generators import evolve, prompt_writer, topics
-from generators.backends.base import Backend, Sampling, model_identity
+from generators.backends.base import Backend, Sampling
 from generators.listparse import Parsed
 from pipelines import keys
 from pipelines.schemas import get_schema
@@ -114,7 +114,7 @@ def _stage_config(cfg: BaseModel) -> dict:
 
 
 def _models(backend: Backend) -> dict:
-    return {"generator": model_identity(backend)}
+    return {"generator": {"id": backend.model_id, "revision": backend.revision}}
 
 
 def _bad(key: str, p: Parsed) -> tuple[str, str, dict]:

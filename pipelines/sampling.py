@@ -53,7 +53,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generators.backends.base import Backend, Completion, Sampling, model_identity, tokens_spent
+from generators.backends.base import Backend, Completion, Sampling, tokens_spent
 from filters.instructions import check_strict, loads, repair, task_text
 from pipelines import keys
 from pipelines.driver import Batch, Identity, Item, Usage, WorkBase, drive
@@ -138,7 +138,7 @@ class SampleWork(WorkBase):
         self.identity = Identity(stage="sample", output=output, kind="samples", parents=(prompts,),
                                  config={**cfg.model_dump(mode="json", exclude={"batch_size"}),
                                          **({"prompt_ids": sorted(only)} if only is not None else {})},
-                                 models={"policy": model_identity(backend)})
+                                 models={"policy": {"id": backend.model_id, "revision": backend.revision}})
         self.wanted: dict[str, list[str]] = {}
         self.greedy: dict[str, str] = {}          # prompt_id -> the greedy answer's sample_id
         self.repairs: dict[str, str] = {}         # prompt_id -> the repaired greedy answer's sample_id

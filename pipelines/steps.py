@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from filters.math_answer import extract_answer
 from filters.steps import (StepSplitConfig, mc_step_scores, reached_answer, rule_labels, arithmetic_errors,
                            split_steps, step_prefix, step_texts)
-from generators.backends.base import Backend, BackendError, Sampling, model_identity, tokens_spent
+from generators.backends.base import Backend, BackendError, Sampling, tokens_spent
 from generators.step_labels import (JUDGE_TEMPLATE, continuation_support, continue_prefixes, judge_steps,
                                     judge_template_hash)
 from pipelines import keys
@@ -251,7 +251,7 @@ def steps_stage(store: Store, backend: Backend | None, cfg: StepsConfig, *, samp
                            "prefix; use kind vllm or transformers for monte_carlo step labels, or method judge/rule")
     s_ref, p_ref = store.ref(samples), store.ref(prompts)
     labeller = labeller_id(cfg, backend)
-    models = {"labeller": model_identity(backend)} if cfg.method != "rule" else {}
+    models = {"labeller": {"id": backend.model_id, "revision": backend.revision}} if cfg.method != "rule" else {}
     templates = ({cfg.judge_template: judge_template_hash(cfg.judge_template, cfg.template_dir)}
                  if cfg.method == "judge" else {})
     ident = Identity(stage="steps", output=output, kind="step_labels", parents=(s_ref, p_ref),

@@ -140,13 +140,14 @@ def test_bad_override_is_a_one_line_error_before_anything_is_written(monkeypatch
     assert not store.exists()
 
 
-def test_sampling_lineage_records_the_resolved_precision_and_keys_do_not_change(monkeypatch, tiny_model_dir,
-                                                                                 tmp_path):
-    # dtype auto answers differently on a CPU with native bf16 and on one without: the stage's
-    # lineage (and so its fingerprint) says which precision wrote a version; the sample keys stay
-    # id + revision + sampling, as before
+def test_sampling_lineage_records_the_resolved_precision_outside_keys_and_fingerprint(monkeypatch, tiny_model_dir,
+                                                                                     tmp_path):
+    # dtype auto answers differently on a CPU with native bf16 and on one without: the completion
+    # record's usage stats say which precision the run resolved; keys and fingerprint do not
+    # change with it (a run fact like batch size), so a store resumed elsewhere keeps its rows
     import polars as pl
 
+    from flows.cmd_datasets import _usage_line
     from generators.backends.hf import TransformersBackend
     from pipelines.lineage import LINEAGE_TABLE
     from pipelines.prompts import prompt_row, prompts_frame
@@ -160,6 +161,7 @@ def test_sampling_lineage_records_the_resolved_precision_and_keys_do_not_change(
         store.append("prompts", prompts_frame([prompt_row([{"role": "user", "content": "Name a colour."}],
                                                           task_type="open_qa", source="test")]), kind="prompts")
         be = TransformersBackend(tiny_model_dir, dtype="auto", model_id="tiny")
+        assert be.precision is None           # not resolved before load
         be.load()
         try:
             out = sample_stage(store, be, SamplingStageConfig(n=2, temperature=0.0, max_tokens=4, split="all"),
@@ -167,6 +169,7 @@ def test_sampling_lineage_records_the_resolved_precision_and_keys_do_not_change(
         finally:
             be.close()
         rec = store.read(LINEAGE_TABLE).filter(pl.col("table") == "s").row(0, named=True)
-        assert json.loads(rec["models"])["policy"]["precision"] == want
+        stats = json.loads(rec["stats"])
+        assert stats["precision"] == want and f"precision {want}" in _usage_line(stats, "")
         got[want] = (rec["fingerprint"], sorted(store.read(out)["sample_id"].to_list()))
-    assert got["bfloat16"][0] != got["float32"][0] and got["bfloat16"][1] == got["float32"][1]
+    assert got["bfloat16"] == got["float32"]

@@ -171,8 +171,9 @@ def generate_via_stream(backend: Backend, conversations: Sequence[Conversation],
 class Backend(Protocol):
     model_id: str            # a stable id: path or served model name
     revision: str            # content revision (hash of weights/config) or endpoint-reported version
-    # optional: `precision`, the numeric precision the engine runs in once resolved (dtype auto ->
-    # bfloat16 or float32 on this machine); absent or None where unknown (an HTTP endpoint)
+    # optional: `precision`, the dtype the engine runs in once resolved (dtype auto -> bfloat16 or
+    # float32 on this machine); absent or None where unknown (an HTTP endpoint). A run fact like
+    # batch size: in the lineage's usage stats, never in a key or a fingerprint
 
     def load(self) -> None: ...
 
@@ -182,15 +183,3 @@ class Backend(Protocol):
                seed_key: Callable[[Any], str] | None = None) -> Iterator[tuple[Any, list[Completion]]]: ...
 
     def close(self) -> None: ...
-
-
-def model_identity(backend: Any) -> dict[str, str]:
-    """{"id", "revision"} of a loaded backend for a stage's identity (its fingerprint and lineage),
-    plus "precision" where the backend knows it: `dtype: auto` resolves per machine (bfloat16 on a
-    CPU with native bf16, float32 elsewhere) and the two give different answers, so lineage must say
-    which one wrote a version. An HTTP endpoint reports none."""
-    out = {"id": backend.model_id, "revision": backend.revision}
-    precision = getattr(backend, "precision", None)
-    if precision:
-        out["precision"] = str(precision)
-    return out

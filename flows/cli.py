@@ -51,8 +51,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit 2), like every other bad input; the usage text
+    is one `--help` away. Sub-command parsers are of this class too (argparse's default)."""
+
+    def error(self, message: str):   # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prefmill", description="Synthetic preference data and iterative alignment.")
+    p = _Parser(prog="prefmill", description="Synthetic preference data and iterative alignment.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
@@ -149,4 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m flows.cli` runs this file as `__main__`, a second copy of the module: the commands
+    # raise flows.cli.UserError, which this copy's main() would not know as a user error (it would
+    # print a crash). Hand over to the importable module.
+    from flows.cli import main as _main
+
+    sys.exit(_main())

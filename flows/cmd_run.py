@@ -63,8 +63,10 @@ def _run(args: argparse.Namespace, api) -> int:
                                               ("address", args.cluster)) if v is not None]
     recipe = load_recipe(args.recipe, overrides=[*args.overrides, *scale], limit=_limit(args.limit))
     if args.dry_run:
+        from flows.loop import check_inputs
         from flows.plan import compile_plan, format_plan, plan_json
 
+        check_inputs(recipe, remote=False)     # seeds, test split, model folders; not endpoints or clusters
         plan = compile_plan(recipe)
         print(plan_json(plan) if args.json else format_plan(recipe, plan))
         return 0

@@ -14,6 +14,7 @@ not Completed) after writing the report, with the drops by reason.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +29,11 @@ from flows.budget import Budget, BudgetExhausted
 from flows.engines import close_pool
 from flows.plan import Plan, StageSpec, compile_plan
 from flows.recipe import Recipe, load_recipe
+from flows.recipe_input import RecipeError
 from flows.stage_tasks import (RETRIED, RUNNERS, NothingToTrain, RunContext, followers_of, start_followers,
                                stop_followers, table_ref)
 from flows.tasks import _is_transient, publish
+from pipelines.objectstore import StoreError, parse_location
 from pipelines.store import Store, default_root
 
 log = logging.getLogger("prefmill.loop")
@@ -195,14 +198,23 @@ def recipe_flow(recipe_path: str, store: str | None = None, overrides: list[str]
             "pairs": result.pairs, "models": result.models}
 
 
-def preflight(recipe: Recipe, root: str) -> None:
-    """Everything that can be checked before a stage writes: the store path, seed files and
-    their columns, model folders (present and complete), endpoints. Raises the one-line error
-    types the CLI prints."""
-    Store(root)
+def check_inputs(recipe: Recipe, *, remote: bool = True) -> None:
+    """The recipe's inputs, checked without writing anything: seed files and their columns, a test
+    split that the evals need and the seeds would leave empty, model folders (present and
+    complete), and with `remote` the endpoints and the cluster. `prefmill run --dry-run` checks the
+    local ones. Raises the one-line error types the CLI prints."""
     if recipe.prompts.seeds:
-        from pipelines.seeds import check_seeds
-        check_seeds(recipe.prompts.stage("seeds"))
+        from pipelines.seeds import check_seeds, seed_split_counts
+
+        seeds = recipe.prompts.stage("seeds")
+        df = check_seeds(seeds)
+        if recipe.rounds.count and recipe.prompts.topics is None:      # evals read the test split
+            counts = seed_split_counts(seeds, df)
+            if not counts.get("heldout"):
+                raise RecipeError(
+                    f"prompts.heldout_fraction={recipe.prompts.heldout_fraction:g} puts none of the "
+                    f"{sum(counts.values())} seed prompts in the test split that each round's eval reads; raise "
+                    "prompts.heldout_fraction or add seed prompts (rounds.count: 0 makes data without evals)")
     from generators.backends.factory import make_backend
     from generators.models.registry import check_model_folder, resolve_model
 
@@ -211,18 +223,38 @@ def preflight(recipe: Recipe, root: str) -> None:
     if recipe.prompts.dialogue is not None and recipe.prompts.dialogue.user_model is not None:
         backends.append(recipe.prompts.dialogue.user_model)
     for cfg in backends:
-        if cfg.remote:
+        if not cfg.remote:
+            check_model_folder(cfg.model_folder())
+        elif remote:
             probe = make_backend(cfg)     # load() contacts the endpoint: unreachable -> BackendError
             probe.load()
             probe.close()
-        else:
-            check_model_folder(cfg.model_folder())
     for sc in recipe.scoring:
         for folder in sc.model_folders():
             check_model_folder(resolve_model(folder))
-    from flows.scale import check_cluster
+    if remote:
+        from flows.scale import check_cluster
 
-    check_cluster(recipe.scale)
+        check_cluster(recipe.scale)
+
+
+def preflight(recipe: Recipe, root: str) -> None:
+    """Everything that can be checked before a stage writes (`check_inputs`), then the store: a
+    folder is created only when every input is good, and it must be writable."""
+    if parse_location(str(root)) is None:         # a local folder (not an object-store URI)
+        p = Path(root)
+        if p.exists() and not p.is_dir():
+            raise StoreError(f"store path {str(p)!r} is a file, not a folder; pass --store DIR pointing at a folder")
+    check_inputs(recipe)
+    store = Store(root)
+    if isinstance(store.root, Path):
+        probe = store.root / f".prefmill-write-probe-{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise StoreError(f"store folder {str(store.root)!r} is not writable ({e.strerror or e}); fix its "
+                             "permissions or pass --store DIR pointing at a writable folder") from None
 
 
 def run_recipe(recipe: Recipe, *, store: str | None, recipe_path: str = "", overrides: list[str] | None = None,

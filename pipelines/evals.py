@@ -37,7 +37,7 @@ from pipelines import keys
 from pipelines.driver import Identity, drive
 from pipelines.frames import drive_frame
 from pipelines.sampling import SampleWork, SamplingStageConfig
-from pipelines.schemas import empty
+from pipelines.schemas import SchemaError, empty
 from pipelines.store import Store, TableRef
 
 log = logging.getLogger("prefmill.evals")
@@ -67,7 +67,7 @@ def eval_prompts(store: Store, prompts: TableRef | str, config: EvalConfig) -> p
     if config.max_prompts is not None:
         frame = frame.head(config.max_prompts)
     if frame.is_empty():
-        raise ValueError(f"no prompts with split == {config.split!r} in {store.ref(prompts)}; "
+        raise SchemaError(f"no prompts with split == {config.split!r} in {store.ref(prompts)}; "
                          "hold out a prompt set first (prompts.heldout_fraction in the recipe)")
     return frame
 

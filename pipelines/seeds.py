@@ -115,6 +115,40 @@ def check_seeds(cfg: SeedImportConfig) -> pl.DataFrame:
     return df
 
 
+def _seed_rows(cfg: SeedImportConfig, df: pl.DataFrame) -> tuple[list[dict], list[tuple]]:
+    """The prompts rows of the seed frame (split drawn from each id), and the empty rows as
+    quarantine entries."""
+    if cfg.messages_column:
+        msgs = _column(df, cfg.messages_column, "messages_column", cfg.path, (pl.List,)).to_list()
+    else:
+        texts = _column(df, cfg.prompt_column, "prompt_column", cfg.path, (pl.String,)).to_list()
+        msgs = [[{"role": "user", "content": t}] if t is not None else None for t in texts]
+    refs = (_column(df, cfg.reference_column, "reference_column", cfg.path, (pl.String,)).to_list()
+            if cfg.reference_column else [None] * df.height)
+    tasks = (_column(df, cfg.task_type_column, "task_type_column", cfg.path, (pl.String,)).to_list()
+             if cfg.task_type_column else [cfg.task_type] * df.height)
+    rows, bad = [], []
+    for i, (m, ref, task) in enumerate(zip(msgs, refs, tasks)):
+        if not m or any(not isinstance(x, dict) or not str(x.get("content") or "").strip() for x in m):
+            bad.append((keys.content_hash("seed-row", cfg.path, i), "empty_prompt", {"row": i, "messages": m}))
+            continue
+        if cfg.system_prompt and m[0].get("role") != "system":
+            m = [{"role": "system", "content": cfg.system_prompt}, *m]
+        rows.append(prompt_row(m, task_type=task, source=f"seed:{Path(cfg.path).name}", reference=ref,
+                               heldout_fraction=cfg.heldout_fraction, validation_fraction=cfg.validation_fraction))
+    return rows, bad
+
+
+def seed_split_counts(cfg: SeedImportConfig, df: pl.DataFrame) -> dict[str, int]:
+    """Prompts per split that `import_stage` will write from the checked seed frame `df` (cap
+    included), without writing anything: what a recipe's pre-run check needs to know whether the
+    test split would be empty."""
+    frame = prompts_frame(_seed_rows(cfg, df)[0])
+    if cfg.cap is not None:
+        frame = cap_prompts(frame.sort("prompt_id"), cfg.cap, min_heldout=cfg.min_heldout)
+    return dict(frame.group_by("split").len().iter_rows())
+
+
 def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_prompts") -> TableRef:
     """Seed prompts -> a `prompts` table (source = seed:<file name>)."""
     df = check_seeds(cfg)
@@ -124,24 +158,7 @@ def import_stage(store: Store, cfg: SeedImportConfig, *, output: str = "seed_pro
                      config={**cfg.model_dump(mode="json"), "file": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}})
 
     def compute(run) -> tuple[pl.DataFrame, int]:
-        if cfg.messages_column:
-            msgs = _column(df, cfg.messages_column, "messages_column", cfg.path, (pl.List,)).to_list()
-        else:
-            texts = _column(df, cfg.prompt_column, "prompt_column", cfg.path, (pl.String,)).to_list()
-            msgs = [[{"role": "user", "content": t}] if t is not None else None for t in texts]
-        refs = (_column(df, cfg.reference_column, "reference_column", cfg.path, (pl.String,)).to_list()
-                if cfg.reference_column else [None] * df.height)
-        tasks = (_column(df, cfg.task_type_column, "task_type_column", cfg.path, (pl.String,)).to_list()
-                 if cfg.task_type_column else [cfg.task_type] * df.height)
-        rows, bad = [], []
-        for i, (m, ref, task) in enumerate(zip(msgs, refs, tasks)):
-            if not m or any(not isinstance(x, dict) or not str(x.get("content") or "").strip() for x in m):
-                bad.append((keys.content_hash("seed-row", cfg.path, i), "empty_prompt", {"row": i, "messages": m}))
-                continue
-            if cfg.system_prompt and m[0].get("role") != "system":
-                m = [{"role": "system", "content": cfg.system_prompt}, *m]
-            rows.append(prompt_row(m, task_type=task, source=f"seed:{p.name}", reference=ref,
-                                   heldout_fraction=cfg.heldout_fraction, validation_fraction=cfg.validation_fraction))
+        rows, bad = _seed_rows(cfg, df)
         frame = prompts_frame(rows)
         if frame.height < len(rows):
             seen: set[str] = set()

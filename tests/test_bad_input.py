@@ -173,6 +173,74 @@ def test_empty_seed_file(tmp_path, filled, capfd, tiny_model_dir):
     one_line_error(capfd, ["run", str(r), "--store", str(filled)], filled, needles=("empty", "seeds"))
 
 
+@pytest.mark.parametrize("broken,needles", [
+    ("config_empty", ("config.json without model_type", "save_pretrained")),
+    ("weights_empty", ("empty weights file", "model.safetensors")),
+    ("no_tokenizer", ("no tokenizer", "tokenizer.save_pretrained")),
+])
+def test_half_copied_model_folder_fails_before_any_write(tmp_path, capfd, tiny_model_dir, broken, needles):
+    """A folder with config.json and a weights file can still be unusable (an empty config, a
+    zero-byte weights file, no tokenizer): caught before the store folder is even created."""
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    if broken == "config_empty":
+        (bad / "config.json").write_text("{}")
+    elif broken == "weights_empty":
+        next(bad.glob("*.safetensors")).write_bytes(b"")
+    else:
+        for f in bad.iterdir():
+            if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+                f.unlink()
+    s = seeds(tmp_path, ['{"prompt": "hi"}'])
+    r = write_recipe(tmp_path, recipe_text(s, bad))
+    store = tmp_path / "new-store"
+    one_line_error(capfd, ["run", str(r), "--store", str(store)], None, needles=needles)
+    assert not store.exists(), "nothing written, not even the store folder"
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_test_split_the_seeds_leave_empty_is_an_error_before_any_write(tmp_path, capfd, tiny_model_dir, dry_run):
+    s = seeds(tmp_path, [json.dumps({"prompt": f"question number {i}?"}) for i in range(20)])
+    body = recipe_text(s, tiny_model_dir).replace("rounds: {count: 0}", "rounds: {count: 1}") \
+        .replace("heldout_fraction: 0.0", "heldout_fraction: 0.001")
+    r = write_recipe(tmp_path, body)
+    store = tmp_path / "new-store"
+    argv = ["run", str(r), "--store", str(store)] + (["--dry-run"] if dry_run else [])
+    one_line_error(capfd, argv, None, needles=("heldout_fraction=0.001", "none of the 20 seed prompts",
+                                               "raise prompts.heldout_fraction"))
+    assert not store.exists()
+
+
+def test_dry_run_checks_the_seeds_and_the_model_folders(tmp_path, capfd):
+    s = seeds(tmp_path, [])
+    r = write_recipe(tmp_path, recipe_text(s, "smollm2"))
+    one_line_error(capfd, ["run", str(r), "--dry-run"], None, needles=("no rows", "add prompts"))
+    s = seeds(tmp_path, ['{"prompt": "hi"}'], name="ok.jsonl")
+    r = write_recipe(tmp_path, recipe_text(s, tmp_path / "no-such-model"), name="m.yaml")
+    one_line_error(capfd, ["run", str(r), "--dry-run"], None, needles=("no-such-model", "does not exist"))
+
+
+def test_python_dash_m_gives_the_same_one_line_errors(tmp_path):
+    """`python -m flows.cli` (how `accelerate launch -m flows.cli train` runs it) loads the module as
+    __main__; its user errors must still be one line and exit 2, not crashes with a trace file."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFMILL_LOG_DIR": str(tmp_path / "logs")}
+    cases = [(["train", "--data", "x@0", "--config", str(tmp_path / "none.yaml"), "--store", str(tmp_path)],
+              "does not exist"),
+             (["export", "x", "--out", str(tmp_path / "o"), "--split", "test=1.5", "--store", str(tmp_path)],
+              "between 0 and 1"),
+             (["export", "x", "--format", "csv", "--out", str(tmp_path / "o")], "invalid choice: 'csv'")]
+    (tmp_path / "tables").mkdir()
+    for argv, needle in cases:
+        p = subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr[-2000:]
+    assert not (tmp_path / "logs").exists(), "no crash log: these are user errors"
+
+
 # --------------------------------------------------------------------------------------------
 # store, tables, versions
 # --------------------------------------------------------------------------------------------

@@ -117,3 +117,28 @@ def test_env_store_and_real_console_script(filled, tmp_path):
     bad = subprocess.run([str(exe), "datasets", "log", "missing_table"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "unknown table 'missing_table'" in bad.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_its_trace_goes_to_a_log_file(monkeypatch, tmp_path, capsys):
+    """Not a user error (a bug, a broken disk): exit 1, one line naming the log file, whose content
+    is the whole traceback."""
+    import re
+
+    import flows.cmd_models as cmd_models
+
+    def boom(args):
+        raise RuntimeError("disk on fire\nsecond line of the message")
+
+    monkeypatch.setattr(cmd_models, "cmd_list", boom)
+    monkeypatch.setenv("PREFMILL_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("PREFMILL_DEBUG", raising=False)
+    assert main(["models", "list"]) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    m = re.fullmatch(r"prefmill: error: RuntimeError: disk on fire \(full trace: (.+)\)", lines[0])
+    assert m, lines[0]
+    log = Path(m.group(1))
+    assert log.parent == tmp_path / "logs"
+    text = log.read_text()
+    assert text.startswith("Traceback") and "in boom" in text and "second line of the message" in text

@@ -115,22 +115,29 @@ NO_GREEDY = ["--set", "sampling.greedy=false", "--set", "pairs.tie_break=length_
 
 
 @pytest.mark.slow
-def test_budget_stops_cleanly_with_everything_committed(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("budget", ["max_generations=10", "max_tokens=100"])
+def test_budget_stops_cleanly_with_everything_committed(budget, tmp_path, tiny_model_dir):
+    """Either budget (generations or generated tokens) stops the run after the batch that crossed
+    it, with everything so far committed; a rerun within the same budget adds nothing."""
     recipe, store = _recipe(tmp_path, tiny_model_dir), tmp_path / "store"
-    out = _run(["run", str(recipe), "--store", str(store), "--set", "budget.max_generations=10",
-                "--set", "rounds.count=1", "--set", "prompts.topics=null", *NO_GREEDY], tmp_path)
+    args = ["run", str(recipe), "--store", str(store), "--set", f"budget.{budget}",
+            "--set", "rounds.count=1", "--set", "prompts.topics=null", *NO_GREEDY]
+    out = _run(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "stopped: budget reached" in out.stdout and "max_generations=10" in out.stdout
+    assert "stopped: budget reached" in out.stdout and budget in out.stdout
 
     from pipelines.store import Store
 
     s = Store(store, create=False)
     samples = s.read("tiny.r1.samples")
-    assert 10 <= samples.height < 3 * 18, "stops after the batch that crossed the budget, before the rest"
+    if budget.startswith("max_tokens"):
+        assert samples["completion_tokens"].sum() >= 100
+    else:
+        assert samples.height >= 10
+    assert samples.height < 3 * 18, "stops after the batch that crossed the budget, before the rest"
     assert samples.height % 3 == 0, "only whole committed batches (n=3 per prompt)"
     assert not s.exists("tiny.r1.pairs") and not s.exists("models")
-    rerun = _run(["run", str(recipe), "--store", str(store), "--set", "budget.max_generations=10",
-                  "--set", "rounds.count=1", "--set", "prompts.topics=null", *NO_GREEDY], tmp_path)
+    rerun = _run(args, tmp_path)
     assert "stopped: budget reached" in rerun.stdout
     assert s.read("tiny.r1.samples").height == samples.height, "a rerun within the same budget adds nothing"
 

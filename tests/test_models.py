@@ -62,6 +62,22 @@ def test_conversion_is_complete_plain_llama(converted):
 
 
 @pytest.mark.slow
+def test_models_pull_and_list_commands(converted, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["models", "pull", "smollm2"]) == 0                 # converted already: prints the folder
+    assert capsys.readouterr().out.strip() == str(converted)
+    assert main(["models", "list", "--store", str(tmp_path / "nostore"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["builtin"] == [{"name": "smollm2", "aliases": doc["builtin"][0]["aliases"], "converted": True,
+                               "path": str(converted)}]
+    assert doc["registered"] == [] and "no store at" in doc["note"]
+    assert main(["models", "pull", "gpt-9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpt-9" in err[0] and "smollm2" in err[0], err
+
+
+@pytest.mark.slow
 @pytest.mark.vllm
 def test_smollm2_speaks_english_and_vllm_matches_transformers(converted):
     from generators.backends.hf import TransformersBackend

@@ -67,6 +67,47 @@ def test_train_one_process(store, tiny_model_dir, tmp_path, capsys):
     assert rc == 0, err
     assert "trained cli-dpo (dpo/sigmoid)" in stdout and "2 logged steps" in stdout
     assert _check_model(store, out)["epochs"] == 0.5         # 2 steps x 2 pairs of 8
+    rc, stdout, err = cli(capsys, "models", "list", "--store", str(store.root), "--json")
+    assert rc == 0, err
+    doc = json.loads(stdout)
+    assert [(m["name"], m["path"]) for m in doc["registered"]] == [("cli-dpo", str(out.resolve()))] and doc["note"] is None
+    assert [b["name"] for b in doc["builtin"]] == ["smollm2"]
+
+
+@pytest.mark.slow
+def test_train_reward_model_from_a_recipe_file(store, tiny_model_dir, tmp_path, capsys):
+    """`--config RECIPE.yaml` takes the recipe's training section; here a Bradley-Terry reward model
+    (trainer: reward) on the pairs, whose folder then loads as a sequence classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    data = _pairs(store)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((ROOT / "recipes/quickstart.yaml").read_text().split("\ntraining:")[0]
+                      + "\ntraining: {trainer: reward, max_steps: 2, batch_size: 2, max_length: 64}\n")
+    out = tmp_path / "rm"
+    rc, stdout, err = cli(capsys, "train", "--data", data, "--config", str(recipe), "--store", str(store.root),
+                          "--policy", str(tiny_model_dir), "--out", str(out), "--name", "cli-rm")
+    assert rc == 0, err
+    row = list_models(store).row(0, named=True)
+    assert row["trainer"] == "reward" and row["name"] == "cli-rm"
+    assert [s for s, _ in json.loads(row["metrics"])["loss_curve"]] == [1, 2]
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
+
+
+@pytest.mark.slow
+def test_train_process_reward_model_on_step_labels(store, tiny_model_dir, tmp_path, capsys):
+    from test_trainers_prm import _store_rows, toy_rows
+    from transformers import AutoModelForTokenClassification
+
+    data = _store_rows(store, toy_rows(8))
+    out = tmp_path / "prm"
+    rc, stdout, err = cli(capsys, "train", "--data", data, "--config",
+                          _config(tmp_path, "trainer: prm\nmax_steps: 2\nbatch_size: 2\nmax_length: 96\n"),
+                          "--store", str(store.root), "--policy", str(tiny_model_dir), "--out", str(out), "--name", "cli-prm")
+    assert rc == 0, err
+    row = list_models(store).row(0, named=True)
+    assert row["trainer"] == "prm" and [s for s, _ in json.loads(row["metrics"])["loss_curve"]] == [1, 2]
+    assert AutoModelForTokenClassification.from_pretrained(out).config.num_labels == 2
 
 
 @pytest.mark.slow

@@ -60,11 +60,30 @@ def check_model_folder(folder: str | Path) -> Path:
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"model folder {str(p)!r} has no config.json (empty or partly copied?); pass a "
                                 "folder written by save_pretrained, or a built-in name such as smollm2")
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = None
+    if not isinstance(cfg, dict) or not (cfg.get("model_type") or cfg.get("architectures")):
+        raise FileNotFoundError(f"model folder {str(p)!r} has a config.json without model_type (empty or partly "
+                                "copied?); copy the whole folder written by save_pretrained")
     weights = [*p.glob("*.safetensors"), *p.glob("*.bin"), *p.glob("*.safetensors.index.json")]
     if not weights:
         raise FileNotFoundError(f"model folder {str(p)!r} has no weights (*.safetensors / *.bin); copy the whole "
                                 "folder written by save_pretrained")
+    empty = sorted(w.name for w in weights if w.stat().st_size == 0)
+    if empty:
+        raise FileNotFoundError(f"model folder {str(p)!r} has an empty weights file ({empty[0]}); copy the whole "
+                                "folder written by save_pretrained again")
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model folder {str(p)!r} has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); "
+                                "save the tokenizer into it too (tokenizer.save_pretrained(folder))")
     return p
+
+
+# one of these makes a folder's tokenizer loadable (fast tokenizer, SentencePiece, BPE / WordPiece vocab)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def pull(name: str) -> Path:

@@ -1,0 +1,217 @@
+"""Features the README and docs name that no shipped recipe turns on, each run end to end through
+`prefmill run` as a variant of a shipped recipe: the losses beyond DPO and RPO, LoRA rounds,
+SPPO, the scorer kinds (rule_format, rm, multi_rm, critique) and ensembles (mean, min),
+best_vs_random, decontamination, dropping position-swap flips, Evol-Instruct, Parquet seeds, and
+the step labellers beyond Monte-Carlo hard labels. Each run gets the same tiny-run adjustments and
+the same checks as the shipped recipes (tests/test_recipes_e2e.py: exit 0, exactly the tables of
+its dry run, completion records, drops in lineage equal to the quarantine table, models, evals,
+report), then what the feature promises is checked on the run's own tables."""
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from pipelines.keys import prompt_id
+from pipelines.quarantine import QUARANTINE_TABLE
+from pipelines.stage import lineage_of
+from pipelines.store import Store
+from test_recipes_e2e import ROOT, _run_checked
+
+MULTI_JUDGE = ROOT / "recipes/multi_judge.yaml"
+MATH_STEPS = ROOT / "recipes/math_steps.yaml"
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    from scripted_model import ScriptedModel
+
+    srv = ScriptedModel()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def flipping():
+    """A scripted judge with a position bias on about half of the answer pairs."""
+    from scripted_model import ScriptedModel
+
+    srv = ScriptedModel(flips=True)
+    yield srv
+    srv.close()
+
+
+def _drops(store: Store, table: str) -> dict[str, int]:
+    return json.loads(lineage_of(store, table).row(-1, named=True)["drops"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["kto", "ipo", "cdpo", "orpo"])
+def test_preference_losses_run_a_round(loss, tmp_path, tiny_model_dir, scripted, capsys):
+    extra = [f"training.loss={loss}"] + (["pairs.strategy=kto_unpaired"] if loss == "kto" else [])
+    recipe, store = _run_checked(MULTI_JUDGE, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    models = store.read("models")
+    assert models["trainer"].to_list() == [{"kto": "kto", "orpo": "orpo"}.get(loss, "dpo") + f"/{loss}"]
+    assert json.loads(models["metrics"][0])["loss_curve"], "the round logged its loss"
+    pairs = f"{recipe.name}.r1.pairs"
+    if loss == "kto":       # unpaired rows, both labels, from the round's scored samples
+        assert store.kind(pairs) == "unpaired"
+        assert set(store.read(pairs)["label"].to_list()) == {True, False}
+    else:
+        assert store.kind(pairs) == "pairs"
+
+
+@pytest.mark.slow
+def test_simpo_with_lora_over_two_rounds(tmp_path, tiny_model_dir, scripted, capsys):
+    """A reference-free loss on a LoRA adapter: the adapter is merged into each round's folder,
+    and round 2 samples round 1's merged model."""
+    extra = ["training.loss=simpo", "training.lora={r: 4, alpha: 8}", "rounds.count=2", "rounds.reference=previous"]
+    recipe, store = _run_checked(MULTI_JUDGE, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    models = store.read("models").sort("round")
+    assert models["trainer"].to_list() == ["cpo/simpo", "cpo/simpo"]      # TRL runs SimPO through its CPOTrainer
+    r1 = models["path"][0]
+    own = store.read(f"{recipe.name}.r2.samples")
+    assert set(own["policy"]) == {r1}, "round 2 samples round 1's model"
+    from pathlib import Path
+
+    assert not Path(r1, "adapter_config.json").exists(), "the adapter is merged: a plain model folder"
+
+
+@pytest.mark.slow
+def test_sppo_win_rates_make_the_pairs(tmp_path, tiny_model_dir, scripted, capsys):
+    extra = ["sampling.mode=sppo", "pairs.strategy=sppo_winrate"]
+    recipe, store = _run_checked(MULTI_JUDGE, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    pairs = store.read(f"{recipe.name}.r1.pairs")
+    assert set(pairs["strategy"]) == {"sppo_winrate"}
+    assert pairs["chosen_score"].is_between(0, 1).all() and pairs["rejected_score"].is_between(0, 1).all()
+    assert (pairs["chosen_score"] > pairs["rejected_score"]).all(), "the higher win-rate is chosen"
+
+
+def _seeds_parquet(tmp_path) -> tuple[str, list[str]]:
+    lines = (ROOT / "recipes/data/seed_prompts.jsonl").read_text().splitlines()[:12]
+    texts = [json.loads(x)["prompt"] for x in lines]
+    path = tmp_path / "seeds.parquet"
+    pl.DataFrame({"prompt": texts}).write_parquet(path)
+    return str(path), texts
+
+
+def _eval_set(store_dir, texts: list[str]) -> None:
+    """An evaluation set in the store before the run: three of the seed prompts, word for word."""
+    rows = [{"prompt_id": prompt_id([{"role": "user", "content": t}]), "messages": [{"role": "user", "content": t}],
+             "task_type": "open_qa", "constraints": "[]", "reference": None, "source": "eval", "topic_id": None,
+             "split": "heldout"} for t in texts]
+    from pipelines.schemas import empty
+
+    Store(store_dir).append("evalset.prompts", pl.DataFrame(rows, schema=empty("prompts").schema), kind="prompts")
+
+
+@pytest.mark.slow
+def test_scorer_kinds_ensembles_and_pair_filters(tmp_path, tiny_model_dir, tiny_reward_dir, tiny_multi_reward_dir,
+                                                  scripted, flipping, capsys):
+    """Data only, the policy on the scripted endpoint: Parquet seeds evolved (Evol-Instruct, the
+    originals kept); rule_format, a scalar and a multi-attribute reward model, critique-then-score
+    and a pointwise judge, mean and min ensembles; best_vs_random pairs on the min ensemble with a
+    position-biased pairwise judge whose flips are dropped, and decontamination against an
+    evaluation set in the store."""
+    seeds, texts = _seeds_parquet(tmp_path)
+    _eval_set(tmp_path / "store", texts[:3])
+    ep = f"{{kind: openai, model: scripted, base_url: {scripted.url}}}"
+    flip = f"{{kind: openai, model: scripted, base_url: {flipping.url}}}"
+    scoring = ("[{name: fmt, kind: rule_format, mode: fraction},"
+               f" {{name: rm, kind: rm, model: {tiny_reward_dir}}},"
+               f" {{name: mrm, kind: multi_rm, model: {tiny_multi_reward_dir}}},"
+               f" {{name: critic, kind: critique, backend: {ep}}},"
+               f" {{name: judge, kind: judge, backend: {ep}, reading: logprobs}},"
+               f" {{name: pairwise, kind: pairwise_judge, backend: {flip}, reading: logprobs}},"
+               " {name: avg, kind: ensemble, members: [rm, mrm, critic, fmt], method: mean},"
+               " {name: worst, kind: ensemble, members: [rm, judge], method: min}]")
+    extra = ["rounds.count=0", f"prompts.seeds.path={seeds}", "prompts.heldout_fraction=0.1",
+             "prompts.evolve={ops: [deepen], keep_original: true, max_tokens: 32}", f"scoring={scoring}",
+             "pairs.strategy=best_vs_random", "pairs.scorer=worst", "pairs.agreement_scorer=null",
+             "pairs.min_margin=0.0", "pairs.judge_agreement=true", "pairs.drop_judge_flips=true",
+             "pairs.decontam_against=evalset.prompts", "pairs.decontam_ngram=8"]
+    recipe, store = _run_checked(MULTI_JUDGE, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    name = recipe.name
+    prompts = store.read(f"{name}.prompts")
+    evolved = store.read(f"{name}.prompts.evolved")
+    assert evolved.height > store.read(f"{name}.prompts.seeds").height, "evolved prompts beside the originals"
+    samples = store.read(f"{name}.r1.samples")
+    for scorer in ("fmt", "rm", "mrm", "critic", "judge", "avg", "worst"):
+        scores = store.read(f"{name}.r1.scores.{scorer}")
+        assert set(scores["sample_id"]) <= set(samples["sample_id"]) and scores.height > 0, scorer
+    mrm = store.read(f"{name}.r1.scores.mrm")
+    assert mrm["attributes"].drop_nulls().len() == mrm.height, "one value per attribute head"
+    critic = store.read(f"{name}.r1.scores.critic")
+    assert critic["text"].drop_nulls().len() > 0, "the critique is kept beside the score"
+    # min ensemble: never above its members' normalised minimum, so worst <= avg is not implied;
+    # what min promises is that a sample is only as good as its worst member
+    pairs = store.read(f"{name}.r1.pairs")
+    assert set(pairs["strategy"]) == {"best_vs_random"} and pairs.height > 0
+    drops = _drops(store, f"{name}.r1.pairs")
+    assert drops.get("position_swap_flip", 0) > 0, drops
+    contaminated = [r for r in drops if r.startswith("contamina")]
+    assert contaminated, drops
+    q = store.read(QUARANTINE_TABLE)
+    dirty = q.filter(pl.col("reason").is_in(contaminated))
+    train_texts = {m[-1]["content"] for m in prompts.filter(pl.col("split") == "train")["messages"].to_list()}
+    assert any(t in x for t in texts[:3] for x in train_texts), "the eval set overlaps the train prompts"
+    assert dirty.height > 0
+    assert not set(pairs["prompt_id"]) & set(
+        prompts.filter(pl.col("messages").map_elements(
+            lambda m: any(t in m[-1]["content"] for t in texts[:3]), return_dtype=pl.Boolean))["prompt_id"]), \
+        "no pair from a contaminated prompt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["rule", "judge", "monte_carlo_soft"])
+def test_step_labellers(variant, tmp_path, tiny_model_dir, scripted, capsys):
+    extra = {"rule": ["steps.method=rule"],
+             "judge": ["steps.method=judge", "steps.k=2"],
+             "monte_carlo_soft": ["steps.mode=soft", "steps.threshold=0.5"]}[variant]
+    recipe, store = _run_checked(MATH_STEPS, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    labels = store.read(f"{recipe.name}.r1.step_labels")
+    assert labels.height > 0
+    assert set(labels["method"]) == {recipe.steps.method}
+    if variant == "monte_carlo_soft":       # a step is good iff its share of answers reaching the gold one >= 0.5
+        for scores, good in zip(labels["step_scores"].to_list(), labels["labels"].to_list()):
+            assert good == [s >= 0.5 for s in scores]
+
+
+@pytest.fixture(scope="module")
+def topical():
+    """A scripted policy whose answers stay on the prompt's topic, or pass / fail the strict checks."""
+    from scripted_model import ScriptedModel
+
+    srv = ScriptedModel(topical=True)
+    yield srv
+    srv.close()
+
+
+@pytest.mark.slow
+def test_quickstart_strict_reward_with_the_relevance_gate(tmp_path, tiny_model_dir, scripted, topical, capsys):
+    """The demo's reward as shipped (strict checks, the relevance gate of the sentence-embedding
+    model at the training cut 0.3, greedy + repaired answers in the pool), data only, the policy on
+    a scripted endpoint whose answers are on topic and follow the constraints, on topic and break
+    them, or follow them off the topic. What the strict reward promises: off-topic answers score 0
+    whatever their format, and every pair prefers an on-topic answer that meets its constraints."""
+    quickstart = ROOT / "recipes/quickstart.yaml"
+    extra = ["rounds.count=0", "policy.kind=openai", "policy.model=scripted", f"policy.base_url={topical.url}",
+             "scoring.0.strict=true", "scoring.0.relevance=true", "scoring.0.off_topic_below=0.3",
+             "sampling.max_tokens=64"]
+    recipe, store = _run_checked(quickstart, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    from scripted_model import _OFF_TOPIC
+
+    name = recipe.name
+    samples = store.read(f"{name}.r1.samples")
+    scores = store.read(f"{name}.r1.scores.rules").join(samples.select("sample_id", "completion", "sample_index"),
+                                                         on="sample_id")
+    off = scores.filter(pl.col("completion") == _OFF_TOPIC)
+    assert off.height > 0 and (off["score"] == 0).all()
+    assert off["details"].str.contains("off_topic").all(), off["details"].to_list()[:3]
+    on = scores.filter((pl.col("completion") != _OFF_TOPIC) & (pl.col("completion") == pl.col("completion").str.to_lowercase()))
+    assert (on["score"] > 0).any() and not on["details"].str.contains("off_topic").any()
+    pairs = store.read(f"{name}.r1.pairs")
+    assert pairs.height > 0 and (pairs["chosen_score"] > pairs["rejected_score"]).all()
+    chosen = [m[-1]["content"] for m in pairs["chosen"].to_list()]
+    assert _OFF_TOPIC not in chosen and all(c == c.lower() for c in chosen)

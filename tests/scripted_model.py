@@ -42,19 +42,23 @@ def _topical(prompt: str) -> str:
 
 
 def reply(prompt: str, choice: list[str] | None, *, flips: bool = False, topical: bool = False) -> str:
-    """The scripted model's answer to the last user message. `flips`: on about half of the answer
-    pairs the pairwise judge prefers whatever stands first (a position bias: its verdict flips when
+    """The scripted model's answer to the last user message. `flips`: on about a quarter of the
+    answer pairs the pairwise judge prefers whatever stands first (a position bias: its verdict flips when
     the order is swapped); on the rest it stays consistent."""
     h = _h(prompt)
     pair = re.search(r"Assistant A's Answer\]\n(.*)\n\[The End of Assistant A's Answer\].*"
                      r"Assistant B's Answer\]\n(.*)\n\[The End of Assistant B's Answer\]", prompt, re.S)
     if choice and pair and {"A", "B"} <= set(choice):
         a, b = _h(pair.group(1)), _h(pair.group(2))   # a consistent judge: the same answer wins in both orders
-        if flips and a != b and (a ^ b) % 2 == 0:       # symmetric in (a, b): the same pairs flip in both orders
+        if flips and a != b and (a ^ b) % 4 == 0:       # symmetric in (a, b): the same pairs flip in both orders
             return "A"
         return "C" if a == b and "C" in choice else ("A" if a > b else "B")
     if choice:
         return choice[h % len(choice)]
+    if '"Verdict: correct" or "Verdict: incorrect"' in prompt:      # the step judge: one step right or wrong
+        return f"Checked the arithmetic.\nVerdict: {'correct' if h % 3 else 'incorrect'}"
+    if '"Rating: [[<number>]]"' in prompt:       # critique, then a rating on the last line
+        return f"The answer is on the topic but thin in places.\nRating: [[{1 + h % 10}]]"
     m = re.search(r"generate (\d+) diverse topics", prompt)
     if m:
         return "\n".join(f"{i + 1}. {w.capitalize()} care" for i, w in enumerate(_WORDS[:int(m.group(1))]))
@@ -86,7 +90,7 @@ def _logprobs(text: str, choice: list[str] | None, k: int | None) -> dict | None
 
 class ScriptedModel:
     """`delay_s`: each answer that is not a constrained choice (a policy's) takes this long;
-    `flips`: a position-biased pairwise judge on about half of the pairs (see `reply`); `topical`:
+    `flips`: a position-biased pairwise judge on about a quarter of the pairs (see `reply`); `topical`:
     policy answers on the prompt's topic that pass or fail strict lower-case / no-comma checks and
     the relevance gate by sample (see `_topical`)."""
 

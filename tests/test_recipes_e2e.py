@@ -44,16 +44,19 @@ LENIENT_RULES = ["prompts.constraints.kinds=[lowercase, no_commas]", "prompts.co
 def _judges_on_endpoint(url: str, recipe) -> list[str]:
     """Judges on the scripted endpoint: a random tiny model prefers one position whatever it
     reads, so position-swap agreement would drop every pair; the scripted judge is consistent."""
-    return [item for i, sc in enumerate(recipe.scoring) if sc.uses_backend
+    return [item for i, sc in enumerate(recipe.scoring) if sc.uses_backend and sc.backend_config().kind != "openai"
             for item in (f"scoring.{i}.backend.kind=openai", f"scoring.{i}.backend.model=scripted",
                          f"scoring.{i}.backend.base_url={url}")]
 
 
 def _overrides(path: Path, tiny: str, tmp: Path, scripted_url: str, extra: list[str] = ()) -> list[str]:
-    """The tiny-run adjustments of the recipe at `path` as changed by `extra` (a variant's sets),
-    followed by `extra` itself."""
+    """The tiny-run adjustments of the recipe at `path` as changed by `extra` (a variant's sets):
+    `extra`'s whole-section replacements (`scoring=[...]`) first, the adjustments, then the rest of
+    `extra`. Judges a variant already puts on an endpoint stay there."""
     recipe = load_recipe(path, overrides=list(extra))
-    out = [*TINY, f"report.out={tmp / 'report'}"]
+    whole = [x for x in extra if "." not in x.partition("=")[0]]
+    extra = [x for x in extra if x not in whole]
+    out = [*whole, *TINY, f"report.out={tmp / 'report'}"]
     if recipe.export is not None:
         out.append(f"export.out={tmp / 'export'}")
     continues = recipe.steps is not None and recipe.steps.method == "monte_carlo"   # needs a local engine

@@ -98,3 +98,38 @@ def test_bad_input_through_the_cli_is_one_line(s3, filled, case, msg):
     err = r.stderr.strip()
     assert err.count("\n") == 0 and msg in err and "Traceback" not in err, err
     assert len(s3.writes()) == before
+
+
+@pytest.mark.slow
+def test_a_recipe_runs_on_an_s3_store_and_a_rerun_reuses_it(s3, s3_root, tmp_path, tiny_model_dir):
+    """`prefmill run RECIPE --store s3://...` with only environment credentials: prompts → samples →
+    scores → pairs → a DPO round → eval → export → report, every table in the bucket, the trained
+    model in PREFMILL_LOCAL_DIR (not uploaded); then a rerun reuses every stage (no new version)."""
+    from test_e2e import NO_GREEDY, _recipe
+
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    env = clean_env(s3.env()) | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFMILL_LOCAL_DIR": str(tmp_path / "local"),
+                                 "PREFMILL_CACHE": str(tmp_path / "cache")}
+    argv = ["run", str(recipe), "--store", s3_root, "--set", "rounds.count=1", "--set", "prompts.topics=null",
+            *NO_GREEDY]
+    r = prefmill(env, *argv)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def versions() -> dict[str, int]:
+        out = prefmill(env, "datasets", "list", "--store", s3_root, "--json")
+        assert out.returncode == 0, out.stderr
+        return {t["table"]: t["version"] for t in json.loads(out.stdout)["tables"]}
+
+    first = versions()
+    assert {"tiny.prompts", "tiny.r1.samples", "tiny.r1.pairs", "tiny.evals", "models"} <= set(first)
+    objects = s3.objects(s3_root.split("/")[2])
+    assert any(k.startswith("prefmill/tables/tiny.r1.pairs/") and k.endswith(".parquet") for k in objects)
+    from pipelines.store import Store
+
+    model = Store(s3_root, create=False).read("models").row(0, named=True)
+    assert model["path"].startswith(str(tmp_path / "local")) and Path(model["path"], "config.json").is_file()
+    assert not any("config.json" in k or "safetensors" in k for k in objects), "model folders stay local"
+    assert Path(tmp_path / "export").is_dir() and Path(tmp_path / "report" / "report.html").is_file()
+    r = prefmill(env, *argv)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert versions() == first, "the rerun reused every completed stage"

@@ -1,9 +1,9 @@
 """A recipe sharded over a local Dask cluster (2 workers) and a local Ray cluster through
 Prefect's task runners gives exactly the key sets of the local run, with no duplicates and one
 completion record per stage; a SIGKILLed Dask worker mid-stage is retried and loses nothing.
-The Dask case runs on a cluster of the test's own (`--cluster ADDRESS`, so that it can kill a
-worker); the Ray case lets the run start its cluster (`--workers 2`); tests/test_scale.py starts
-a Dask cluster from the task runner."""
+One Dask case runs on a cluster of the test's own (`--cluster ADDRESS`, so that it can kill a
+worker), the other lets the run start its cluster (`--workers 2`), as the Ray case does;
+tests/test_scale.py starts a Dask cluster from the task runner."""
 from __future__ import annotations
 
 import os
@@ -89,6 +89,16 @@ def _same_keys_as_local(store: Path, expected: dict[str, set[str]]) -> None:
     assert set(pairs["chosen_id"]) | set(pairs["rejected_id"]) <= got["samples"]
     lin = Store(store, create=False).read("_lineage").filter(pl.col("table") == "scaled.r1.samples")
     assert lin.height == 1
+
+
+@pytest.mark.slow
+def test_sharded_dask_run_on_a_cluster_of_its_own_writes_the_local_key_sets(local_run, tmp_path):
+    """`--scale dask --workers 2`: the run starts (and stops) a local Dask cluster itself."""
+    recipe, expected = local_run
+    store = tmp_path / "store"
+    out = _run(["run", str(recipe), "--store", str(store), "--scale", "dask", "--workers", "2"], tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _same_keys_as_local(store, expected)
 
 
 @pytest.mark.slow

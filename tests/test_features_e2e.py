@@ -219,3 +219,40 @@ def test_quickstart_strict_reward_with_the_relevance_gate(tmp_path, tiny_model_d
     assert pairs.height > 0 and (pairs["chosen_score"] > pairs["rejected_score"]).all()
     chosen = [m[-1]["content"] for m in pairs["chosen"].to_list()]
     assert _OFF_TOPIC not in chosen and all(c == c.lower() for c in chosen)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_the_in_process_vllm_engine_through_run(tmp_path, tiny_model_dir, scripted, capsys, monkeypatch):
+    """The shipped recipes' default engine (`policy.kind: vllm`, offline, in this process) on the
+    quickstart: two rounds, so the engine samples, is closed before each round trains, and is
+    started again on the round's model for the next round's samples and the evals; a pointwise
+    judge on the policy's model scores every sample."""
+    pytest.importorskip("vllm")
+    quickstart = ROOT / "recipes/quickstart.yaml"
+    judge = f"{{name: judge, kind: judge, backend: {{kind: vllm, model: {tiny_model_dir}}}, reading: logprobs}}"
+    extra = ["policy.kind=vllm", f"policy.model={tiny_model_dir}", "policy.dtype=float32",
+             f"scoring=[{{name: rules, kind: rule_instructions, mode: fraction}}, {judge}]", "pairs.scorer=rules",
+             "eval.scorers=[judge]"]
+    from generators.backends import vllm_offline
+
+    loads: list[str] = []
+    real_load = vllm_offline.VLLMBackend.load
+
+    def counted(self, *args, **kwargs):
+        loads.append(self.model_id)
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(vllm_offline.VLLMBackend, "load", counted)
+    recipe, store = _run_checked(quickstart, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    name = recipe.name
+    models = store.read("models").sort("round")
+    # vLLM engines for the base policy (and its judge) and for each round's model, no other
+    assert sorted(set(loads)) == sorted({str(tiny_model_dir), *models["path"]}), loads
+    r2 = store.read(f"{name}.r2.samples")
+    assert set(r2["policy"]) == {models["path"][0]}, "round 2 samples round 1's model on the engine"
+    samples = store.read(f"{name}.r1.samples")
+    evals = store.read(f"{name}.evals")
+    assert {"pass_rate", "mean_score.judge"} <= set(evals["metric"])
+    judged = store.read(f"{name}.r1.scores.judge")
+    assert judged.height == samples.height and judged["score"].is_not_null().all()

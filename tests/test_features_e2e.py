@@ -256,3 +256,38 @@ def test_the_in_process_vllm_engine_through_run(tmp_path, tiny_model_dir, script
     assert {"pass_rate", "mean_score.judge"} <= set(evals["metric"])
     judged = store.read(f"{name}.r1.scores.judge")
     assert judged.height == samples.height and judged["score"].is_not_null().all()
+
+
+@pytest.mark.slow
+def test_human_reviews_change_the_pairs_of_a_rerun(tmp_path, tiny_model_dir, scripted, capsys):
+    """The review loop from a recipe: a data-only run makes pairs; people's decisions (as
+    `prefmill review` writes them) land in a reviews table; the same recipe rerun with
+    `pairs.reviews` swaps the pair people preferred the other way, drops the tie, keeps the
+    agreed pair, and reuses every stage before the pairs."""
+    from pipelines.reviews import review_id
+    from pipelines.schemas import get_schema
+
+    base = ["rounds.count=0", "pairs.strategy=all_pairs_above_margin", "pairs.max_pairs_per_prompt=3"]
+    recipe, store = _run_checked(MULTI_JUDGE, base, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    table = f"{recipe.name}.r1.pairs"
+    before = store.read(table).sort("pair_id")
+    assert before.height >= 3, before.height
+    swap, tie, agree = before.head(3).to_dicts()
+    rows = [{"review_id": review_id(p["chosen_id"], p["rejected_id"], "alice"), "pair_id": p["pair_id"],
+             "pairs_table": table, "prompt_id": p["prompt_id"], "chosen_id": p["chosen_id"],
+             "rejected_id": p["rejected_id"], "decision": d, "choice": "A", "shown_first": "chosen", "status": "kept",
+             "drop_reason": None, "canary": False, "reviewer": "alice", "note": None, "seconds": 3.0,
+             "created_at": "2026-12-03T00:00:00Z"} for p, d in ((swap, "rejected"), (tie, "tie"), (agree, "chosen"))]
+    store.append("people.reviews", pl.DataFrame(rows, schema=get_schema("reviews").schema), kind="reviews")
+    upstream = {t: store.version(t) for t in store.tables() if ".r1.samples" in t or ".r1.scores." in t}
+    recipe, store = _run_checked(MULTI_JUDGE, [*base, "pairs.reviews=people.reviews"], tmp_path,
+                                 str(tiny_model_dir), scripted.url, capsys)
+    assert {t: store.version(t) for t in upstream} == upstream, "samples and scores reused"
+    after = store.read(table)
+    pairs = set(zip(after["chosen_id"], after["rejected_id"]))
+    assert (swap["rejected_id"], swap["chosen_id"]) in pairs and (swap["chosen_id"], swap["rejected_id"]) not in pairs
+    assert (tie["chosen_id"], tie["rejected_id"]) not in pairs and (agree["chosen_id"], agree["rejected_id"]) in pairs
+    rec = lineage_of(store, table).row(-1, named=True)
+    assert any(p.startswith("people.reviews@") for p in rec["parents"])
+    drops = json.loads(rec["drops"])
+    assert drops.get("human_swapped") == 1 and drops.get("human_tie") == 1, drops

@@ -143,7 +143,7 @@ def _run_checked(path: Path, extra: list[str], tmp_path: Path, tiny: str, url: s
     return recipe, store
 
 
-PRESET = {"evalset.prompts"}     # tables a variant writes into the store before its run
+PRESET = {"evalset.prompts", "people.reviews"}     # tables a variant writes into the store before its run
 
 
 def _feature_checks(recipe, store: Store, store_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """Scheduling against a REAL Prefect server on 127.0.0.1: a deployment registered with a cron
 schedule (6-field, every 5 seconds, so the test need not wait for a minute boundary) is served in
-a subprocess; a scheduled run completes and appends a new version to the store. Plus the
+a subprocess; a scheduled run completes and appends a new version to the store; `prefmill serve
+RECIPE` registers the recipe flow and a scheduled run executes the recipe into the store. Plus the
 one-line errors of `prefmill serve`."""
 from __future__ import annotations
 
@@ -143,34 +144,51 @@ def test_scheduled_run_completes_and_appends_a_version(prefect_server, tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_registers_the_recipe_flow_with_its_cron(prefect_server, tmp_path):
-    """`prefmill serve RECIPE --cron EXPR` registers the lead's recipe flow with the recipe's absolute
-    path, the store and the overrides as parameters (no run executes: 03:00 is far away)."""
+def test_cli_serves_the_recipe_and_a_scheduled_run_writes_its_tables(prefect_server, tmp_path, tiny_model_dir):
+    """`prefmill serve RECIPE --cron EXPR` registers the recipe flow with the recipe's absolute
+    path, the store and the overrides as parameters; a scheduled run (every 5 s) executes the
+    recipe (prompts → samples → scores → judgments → pairs) into the store, overrides applied."""
+    from test_scale_recipe import _recipe
+
     store = tmp_path / "store"
-    (tmp_path / "seeds.jsonl").write_text('{"prompt": "Say hi in lowercase."}\n')
-    recipe = tmp_path / "nightly.yaml"
-    recipe.write_text("name: nightly\nprompts:\n  seeds:\n    path: seeds.jsonl\n")
+    recipe = _recipe(tmp_path, tiny_model_dir, n_prompts=8)
     log_path = tmp_path / "cli.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(recipe), "--cron", "0 3 * * *",
-                             "--name", "nightly-3am", "--store", str(store), "--set", "rounds.count=1"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(recipe), "--cron", CRON,
+                             "--name", "every-5s-recipe", "--store", str(store), "--set", "sampling.n=2"], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=_env(tmp_path / "client", PREFECT_API_URL=prefect_server))
+                            env=_env(tmp_path / "client", PREFECT_API_URL=prefect_server,
+                                     PREFECT_RUNNER_POLL_FREQUENCY="1"))
     api = httpx.Client(base_url=prefect_server, timeout=10)
     try:
         def deployment():
-            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["nightly-3am"]}}}).json()
+            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["every-5s-recipe"]}}}).json()
             return found[0] if found else None
 
         dep = _wait_for("the recipe deployment", deployment, proc=proc, log_path=log_path)
-        assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
+        assert [s["schedule"]["cron"] for s in dep["schedules"]] == [CRON]
         assert dep["parameters"] == {"recipe_path": str(recipe.resolve()), "store": str(store.resolve()),
-                                     "overrides": ["rounds.count=1"]}
+                                     "overrides": ["sampling.n=2"]}
         flow = api.get(f"/flows/{dep['flow_id']}").json()
         assert flow["name"] == "prefmill-recipe"
+
+        def completed_runs():
+            return api.post("/flow_runs/filter", json={"flow_runs": {
+                "deployment_id": {"any_": [dep["id"]]}, "state": {"type": {"any_": ["COMPLETED"]}}}}).json()
+
+        runs = _wait_for("a scheduled recipe run to complete", completed_runs, proc=proc, log_path=log_path,
+                         timeout_s=400)
+        assert runs[0]["auto_scheduled"] is True
     finally:
         _stop(proc)
         log.close()
+    from pipelines.store import Store
+
+    s = Store(store, create=False)
+    samples = s.read("scaled.r1.samples")
+    prompts = s.read("scaled.prompts")
+    assert samples.height == 2 * prompts.filter(pl.col("split") == "train").height > 0, "sampling.n=2 applied"
+    assert s.count("scaled.r1.pairs") > 0
 
 
 def test_invalid_cron_is_one_line_error(capsys):

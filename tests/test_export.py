@@ -86,14 +86,16 @@ def test_hf_export_splits_by_prompt_and_trains_dpo(pairs_store, tmp_path, tiny_m
             assert not torch.equal(before[n], p.detach()), f"parameter {n} did not change"
 
 
-def test_parquet_and_jsonl_load_with_datasets_and_match(pairs_store, tmp_path):
+def test_parquet_and_jsonl_load_with_datasets_and_match(pairs_store, tmp_path, capsys):
+    """Through `prefmill export` (the function is what the CLI calls)."""
     import datasets
 
     store, ref, ids = pairs_store
     rows = {}
     for fmt, builder, ext in [("parquet", "parquet", "parquet"), ("jsonl", "json", "jsonl")]:
         out = tmp_path / fmt
-        export(store, ExportConfig(source=ref, out=out, format=fmt, splits=(("test", 0.25),), seed=3))
+        assert cli_main(["export", ref, "--format", fmt, "--out", str(out), "--split", "test=0.25", "--seed", "3",
+                         "--store", str(store.root)]) == 0, capsys.readouterr().err
         files = {s: str(out / "data" / f"{s}.{ext}") for s in ("train", "test")}
         dd = datasets.load_dataset(builder, data_files=files)
         via_card = datasets.load_dataset(str(out))  # the card's YAML `configs:` points at the split files

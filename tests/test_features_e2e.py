@@ -110,10 +110,13 @@ def _eval_set(store_dir, texts: list[str]) -> None:
 def test_scorer_kinds_ensembles_and_pair_filters(tmp_path, tiny_model_dir, tiny_reward_dir, tiny_multi_reward_dir,
                                                   scripted, flipping, capsys):
     """Data only, the policy on the scripted endpoint: Parquet seeds evolved (Evol-Instruct, the
-    originals kept); rule_format, a scalar and a multi-attribute reward model, critique-then-score
-    and a pointwise judge, mean and min ensembles; best_vs_random pairs on the min ensemble with a
+    originals kept); rule_format, a scalar and a multi-attribute reward model, a process reward
+    model, critique-then-score and a pointwise judge, mean and min ensembles; best_vs_random pairs on the min ensemble with a
     position-biased pairwise judge whose flips are dropped, and decontamination against an
     evaluation set in the store."""
+    from test_prm_scorer import build_prm
+
+    prm = build_prm(tmp_path / "prm")
     seeds, texts = _seeds_parquet(tmp_path)
     evalset = [texts[3], texts[6]]          # two of the prompts the run keeps (--limit keeps the smallest ids)
     _eval_set(tmp_path / "store", evalset)
@@ -125,7 +128,8 @@ def test_scorer_kinds_ensembles_and_pair_filters(tmp_path, tiny_model_dir, tiny_
                f" {{name: critic, kind: critique, backend: {ep}}},"
                f" {{name: judge, kind: judge, backend: {ep}, reading: logprobs}},"
                f" {{name: pairwise, kind: pairwise_judge, backend: {flip}, reading: logprobs}},"
-               " {name: avg, kind: ensemble, members: [rm, mrm, critic, fmt], method: mean},"
+               f" {{name: prm, kind: prm, model: {prm}, split: {{mode: lines}}, aggregation: min}},"
+               " {name: avg, kind: ensemble, members: [rm, mrm, critic, fmt, prm], method: mean},"
                " {name: worst, kind: ensemble, members: [rm, judge], method: min}]")
     extra = ["rounds.count=0", f"prompts.seeds.path={seeds}", "prompts.heldout_fraction=0.1",
              "prompts.evolve={ops: [deepen], keep_original: true, max_tokens: 32}", f"scoring={scoring}",
@@ -138,15 +142,23 @@ def test_scorer_kinds_ensembles_and_pair_filters(tmp_path, tiny_model_dir, tiny_
     evolved = store.read(f"{name}.prompts.evolved")
     assert evolved.height > store.read(f"{name}.prompts.seeds").height, "evolved prompts beside the originals"
     samples = store.read(f"{name}.r1.samples")
-    for scorer in ("fmt", "rm", "mrm", "critic", "judge", "avg", "worst"):
+    for scorer in ("fmt", "rm", "mrm", "critic", "prm", "judge", "avg", "worst"):
         scores = store.read(f"{name}.r1.scores.{scorer}")
         assert set(scores["sample_id"]) <= set(samples["sample_id"]) and scores.height > 0, scorer
     mrm = store.read(f"{name}.r1.scores.mrm")
     assert mrm["attributes"].drop_nulls().len() == mrm.height, "one value per attribute head"
+    prm_scores = store.read(f"{name}.r1.scores.prm")
+    assert prm_scores["score"].is_between(0, 1).all(), "min over steps of P(good step)"
     critic = store.read(f"{name}.r1.scores.critic")
     assert critic["text"].drop_nulls().len() > 0, "the critique is kept beside the score"
-    # min ensemble: never above its members' normalised minimum, so worst <= avg is not implied;
-    # what min promises is that a sample is only as good as its worst member
+    # min ensemble: each sample's score is the smaller of its members' z-scores (over the round)
+    z = pl.concat([store.read(f"{name}.r1.scores.{m}").select("sample_id", "score").with_columns(
+        ((pl.col("score") - pl.col("score").mean()) / pl.col("score").std(ddof=0)).alias(m)).drop("score")
+        for m in ("rm", "judge")], how="align")
+    worst = store.read(f"{name}.r1.scores.worst").join(z, on="sample_id")
+    assert worst.height == samples.height
+    gap = worst.select((pl.col("score") - pl.min_horizontal("rm", "judge")).abs().max()).item()
+    assert gap < 1e-9, gap
     pairs = store.read(f"{name}.r1.pairs")
     assert set(pairs["strategy"]) == {"best_vs_random"} and pairs.height > 0
     drops = _drops(store, f"{name}.r1.pairs")
@@ -291,3 +303,15 @@ def test_human_reviews_change_the_pairs_of_a_rerun(tmp_path, tiny_model_dir, scr
     assert any(p.startswith("people.reviews@") for p in rec["parents"])
     drops = json.loads(rec["drops"])
     assert drops.get("human_swapped") == 1 and drops.get("human_tie") == 1, drops
+
+
+@pytest.mark.slow
+def test_sdpo_rounds_train_on_their_own_pairs_against_the_previous_model(tmp_path, tiny_model_dir, scripted, capsys):
+    """`rounds.data: sdpo` (stepwise DPO): round k trains only on round k's pairs, with round k-1's
+    model as the reference, even where `rounds.reference` says initial."""
+    extra = ["rounds.count=2", "rounds.data=sdpo", "rounds.reference=initial"]
+    recipe, store = _run_checked(MULTI_JUDGE, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    models = store.read("models").sort("round")
+    r1, r2 = models.to_dicts()
+    assert r1["reference_model"] == str(tiny_model_dir) and r2["reference_model"] == r1["path"]
+    assert r2["dataset"].split("@")[0] == f"{recipe.name}.r2.pairs" and "+" not in r2["dataset"]

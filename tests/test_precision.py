@@ -141,13 +141,13 @@ def test_bad_override_is_a_one_line_error_before_anything_is_written(monkeypatch
 
 
 def test_sampling_lineage_records_the_resolved_precision_outside_keys_and_fingerprint(monkeypatch, tiny_model_dir,
-                                                                                     tmp_path):
+                                                                                     tmp_path, capsys):
     # dtype auto answers differently on a CPU with native bf16 and on one without: the completion
     # record's usage stats say which precision the run resolved; keys and fingerprint do not
     # change with it (a run fact like batch size), so a store resumed elsewhere keeps its rows
     import polars as pl
 
-    from flows.cmd_datasets import _usage_line
+    from flows.cli import main
     from generators.backends.hf import TransformersBackend
     from pipelines.lineage import LINEAGE_TABLE
     from pipelines.prompts import prompt_row, prompts_frame
@@ -170,6 +170,8 @@ def test_sampling_lineage_records_the_resolved_precision_outside_keys_and_finger
             be.close()
         rec = store.read(LINEAGE_TABLE).filter(pl.col("table") == "s").row(0, named=True)
         stats = json.loads(rec["stats"])
-        assert stats["precision"] == want and f"precision {want}" in _usage_line(stats, "")
+        capsys.readouterr()
+        assert main(["datasets", "log", "s", "--store", str(store.root)]) == 0     # what `datasets log` prints
+        assert stats["precision"] == want and f"precision {want}" in capsys.readouterr().out
         got[want] = (rec["fingerprint"], sorted(store.read(out)["sample_id"].to_list()))
     assert got["bfloat16"] == got["float32"]

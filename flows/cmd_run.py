@@ -71,7 +71,10 @@ def _run(args: argparse.Namespace, api) -> int:
         print(plan_json(plan) if args.json else format_plan(recipe, plan))
         return 0
     from flows.local_api import LocalAPI, wanted
-    from flows.loop import run_recipe
+    from flows.loop import quiet_expected_ends, run_recipe
+
+    if not getattr(args, "verbose", False):
+        quiet_expected_ends()
 
     if api is None and wanted(["run"]):
         api = args.local_api = LocalAPI()

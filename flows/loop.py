@@ -198,6 +198,30 @@ def recipe_flow(recipe_path: str, store: str | None = None, overrides: list[str]
             "pairs": result.pairs, "models": result.models}
 
 
+class _QuietExpectedEnds(logging.Filter):
+    """Prefect logs a task or flow run that raised, with its traceback, at ERROR. A run that ends
+    because no pairs survived (NothingToTrain, then RunFailed) is an outcome prefmill reports
+    itself: the summary, the drops and one `prefmill: error:` line. Its records are dropped here;
+    the flow run's Failed state on the Prefect server still carries the reason."""
+
+    NAMES = ("NothingToTrain", "RunFailed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return type(exc).__name__ not in self.NAMES
+        msg = record.getMessage()
+        return not any(f"{n}(" in msg or f"{n}:" in msg for n in self.NAMES)
+
+
+def quiet_expected_ends() -> None:
+    """Install `_QuietExpectedEnds` on Prefect's run loggers (idempotent; `prefmill run` without -v)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _QuietExpectedEnds) for f in lg.filters):
+            lg.addFilter(_QuietExpectedEnds())
+
+
 def check_inputs(recipe: Recipe, *, remote: bool = True) -> None:
     """The recipe's inputs, checked without writing anything: seed files and their columns, a test
     split that the evals need and the seeds would leave empty, model folders (present and

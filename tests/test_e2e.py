@@ -166,7 +166,9 @@ rounds: {count: 1, self_rewarding: true}
     # a random tiny judge writes no readable score: nothing to train on is exit 1, with the drops
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
     assert "no pairs survived scoring and filtering" in out.stdout + out.stderr
-    assert "Traceback" not in out.stderr.split("prefmill: error:")[-1]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]        # an outcome, reported on one line
+    assert [ln for ln in out.stderr.splitlines() if "ERROR" in ln or "error:" in ln] == \
+        [ln for ln in out.stderr.splitlines() if ln.startswith("prefmill: error:")]
     from pipelines.store import Store
 
     s = Store(tmp_path / "store", create=False)

@@ -336,11 +336,13 @@ def drive(store: Store, work: Work, *, batch_size: int = 64, progress: Progress 
 
 def _run_facts(work: Work) -> dict[str, str]:
     """What the completing run ran on that is not in the stage's identity (so in no key or
-    fingerprint, like batch size): the precision its engine resolved (`dtype: auto` is bfloat16 on
-    a CPU with native bf16, float32 elsewhere), where the work's backend reports one. A sharded
-    stage's completing pass loads no engine and records none."""
-    precision = getattr(getattr(work, "backend", None), "precision", None)
-    return {"precision": str(precision)} if precision else {}
+    fingerprint, like batch size): the engine kind (vllm, transformers, openai, vllm_server) and
+    the precision it resolved (`dtype: auto` is bfloat16 on a CPU with native bf16, float32
+    elsewhere), where the work's backend reports them. A sharded stage's completing pass loads no
+    engine and records none."""
+    backend = getattr(work, "backend", None)
+    facts = {"engine": getattr(backend, "engine_kind", None), "precision": getattr(backend, "precision", None)}
+    return {k: str(v) for k, v in facts.items() if v}
 
 
 def _run_items(work: Work, items: list[Item], committer: _Committer, usage: Usage, *, batch_size: int,

@@ -266,6 +266,9 @@ def test_the_in_process_vllm_engine_through_run(tmp_path, tiny_model_dir, script
     samples = store.read(f"{name}.r1.samples")
     evals = store.read(f"{name}.evals")
     assert {"pass_rate", "mean_score.judge"} <= set(evals["metric"])
+    for k in (1, 2):         # the completion records name the engine that sampled
+        stats = json.loads(lineage_of(store, f"{name}.r{k}.samples").row(-1, named=True)["stats"])
+        assert stats["engine"] == "vllm" and stats["precision"] == "float32", stats
     judged = store.read(f"{name}.r1.scores.judge")
     assert judged.height == samples.height and judged["score"].is_not_null().all()
 

@@ -161,6 +161,7 @@ def test_sampling_lineage_records_the_resolved_precision_outside_keys_and_finger
         store.append("prompts", prompts_frame([prompt_row([{"role": "user", "content": "Name a colour."}],
                                                           task_type="open_qa", source="test")]), kind="prompts")
         be = TransformersBackend(tiny_model_dir, dtype="auto", model_id="tiny")
+        be.engine_kind = "transformers"        # as make_backend sets it
         assert be.precision is None           # not resolved before load
         be.load()
         try:
@@ -172,6 +173,7 @@ def test_sampling_lineage_records_the_resolved_precision_outside_keys_and_finger
         stats = json.loads(rec["stats"])
         capsys.readouterr()
         assert main(["datasets", "log", "s", "--store", str(store.root)]) == 0     # what `datasets log` prints
-        assert stats["precision"] == want and f"precision {want}" in capsys.readouterr().out
+        assert stats["precision"] == want and stats["engine"] == "transformers"
+        assert f"engine transformers  precision {want}" in capsys.readouterr().out
         got[want] = (rec["fingerprint"], sorted(store.read(out)["sample_id"].to_list()))
     assert got["bfloat16"] == got["float32"]

@@ -219,5 +219,8 @@ KINDS: dict[str, KindSpec] = {
 
 
 def make_backend(cfg: BackendConfig) -> Backend:
-    """Build (not load) the backend `cfg` describes; local model names are resolved here."""
-    return KINDS[cfg.kind].build(cfg)
+    """Build (not load) the backend `cfg` describes; local model names are resolved here. The
+    backend carries its kind as `engine_kind` (the sampling lineage records which engine ran)."""
+    backend = KINDS[cfg.kind].build(cfg)
+    backend.engine_kind = cfg.kind
+    return backend

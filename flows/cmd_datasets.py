@@ -95,7 +95,7 @@ def _usage_line(stats: dict, indent: str) -> str:
     return (f"{indent}usage calls {stats.get('calls', 0)}  tokens {stats.get('prompt_tokens', 0)} prompt + "
             f"{stats.get('completion_tokens', 0)} completion  engine {stats.get('engine_s', 0):.2f}s  "
             f"commit {stats.get('commit_s', 0):.2f}s"
-            + (f"  engine {stats['engine']}" if stats.get("engine") else "")
+            + (f"  on {stats['engine']}" if stats.get("engine") else "")
             + (f"  precision {stats['precision']}" if stats.get("precision") else ""))
 
 

@@ -14,7 +14,7 @@ not Completed) after writing the report, with the drops by reason.
 from __future__ import annotations
 
 import logging
-import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,13 +232,16 @@ def check_inputs(recipe: Recipe, *, remote: bool = True) -> None:
 
         seeds = recipe.prompts.stage("seeds")
         df = check_seeds(seeds)
-        if recipe.rounds.count and recipe.prompts.topics is None:      # evals read the test split
-            counts = seed_split_counts(seeds, df)
-            if not counts.get("heldout"):
+        split = recipe.eval.split
+        if recipe.rounds.count and recipe.prompts.topics is None and split in ("heldout", "validation"):
+            counts = seed_split_counts(seeds, df)        # evals read this split of the prompts
+            if not counts.get(split):
+                key = f"prompts.{split}_fraction"
+                value = getattr(recipe.prompts, f"{split}_fraction")
                 raise RecipeError(
-                    f"prompts.heldout_fraction={recipe.prompts.heldout_fraction:g} puts none of the "
-                    f"{sum(counts.values())} seed prompts in the test split that each round's eval reads; raise "
-                    "prompts.heldout_fraction or add seed prompts (rounds.count: 0 makes data without evals)")
+                    f"{key}={value:g} puts none of the {sum(counts.values())} seed prompts in the {split} split "
+                    f"that each round's eval reads (eval.split); raise {key} or add seed prompts "
+                    "(rounds.count: 0 makes data without evals)")
     from generators.backends.factory import make_backend
     from generators.models.registry import check_model_folder, resolve_model
 
@@ -248,7 +251,9 @@ def check_inputs(recipe: Recipe, *, remote: bool = True) -> None:
         backends.append(recipe.prompts.dialogue.user_model)
     for cfg in backends:
         if not cfg.remote:
-            check_model_folder(cfg.model_folder())
+            folder = cfg.model_folder(convert=remote)    # a dry run does not convert the built-in model
+            if folder is not None:
+                check_model_folder(folder)
         elif remote:
             probe = make_backend(cfg)     # load() contacts the endpoint: unreachable -> BackendError
             probe.load()
@@ -272,10 +277,9 @@ def preflight(recipe: Recipe, root: str) -> None:
     check_inputs(recipe)
     store = Store(root)
     if isinstance(store.root, Path):
-        probe = store.root / f".prefmill-write-probe-{os.getpid()}"
         try:
-            probe.write_text("")
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=store.root / "tables", prefix=".prefmill-write-probe-"):
+                pass
         except OSError as e:
             raise StoreError(f"store folder {str(store.root)!r} is not writable ({e.strerror or e}); fix its "
                              "permissions or pass --store DIR pointing at a writable folder") from None

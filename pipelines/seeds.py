@@ -142,7 +142,8 @@ def _seed_rows(cfg: SeedImportConfig, df: pl.DataFrame) -> tuple[list[dict], lis
 def seed_split_counts(cfg: SeedImportConfig, df: pl.DataFrame) -> dict[str, int]:
     """Prompts per split that `import_stage` will write from the checked seed frame `df` (cap
     included), without writing anything: what a recipe's pre-run check needs to know whether the
-    test split would be empty."""
+    test split would be empty. Later stages can still empty a split this counts (near-duplicate
+    removal, evolution drops); the eval stage then stops with a one-line error."""
     frame = prompts_frame(_seed_rows(cfg, df)[0])
     if cfg.cap is not None:
         frame = cap_prompts(frame.sort("prompt_id"), cfg.cap, min_heldout=cfg.min_heldout)

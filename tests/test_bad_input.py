@@ -177,6 +177,7 @@ def test_empty_seed_file(tmp_path, filled, capfd, tiny_model_dir):
     ("config_empty", ("config.json without model_type", "save_pretrained")),
     ("weights_empty", ("empty weights file", "model.safetensors")),
     ("no_tokenizer", ("no tokenizer", "tokenizer.save_pretrained")),
+    ("missing_shard", ("missing or empty weights file", "model-00002-of-00002.safetensors")),
 ])
 def test_half_copied_model_folder_fails_before_any_write(tmp_path, capfd, tiny_model_dir, broken, needles):
     """A folder with config.json and a weights file can still be unusable (an empty config, a
@@ -187,6 +188,9 @@ def test_half_copied_model_folder_fails_before_any_write(tmp_path, capfd, tiny_m
         (bad / "config.json").write_text("{}")
     elif broken == "weights_empty":
         next(bad.glob("*.safetensors")).write_bytes(b"")
+    elif broken == "missing_shard":          # an index naming a shard the copy lost
+        (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            "a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     else:
         for f in bad.iterdir():
             if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
@@ -196,6 +200,28 @@ def test_half_copied_model_folder_fails_before_any_write(tmp_path, capfd, tiny_m
     store = tmp_path / "new-store"
     one_line_error(capfd, ["run", str(r), "--store", str(store)], None, needles=needles)
     assert not store.exists(), "nothing written, not even the store folder"
+
+
+@pytest.mark.parametrize("tokenizer", ["spm.model", "qwen.tiktoken", "tekken.json", "tokenizer_config.json"])
+def test_model_folders_with_other_tokenizer_files_pass_the_check(tmp_path, tiny_model_dir, tokenizer):
+    from generators.models.registry import check_model_folder
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    for f in folder.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+            f.unlink()
+    (folder / tokenizer).write_text("{}")
+    assert check_model_folder(folder) == folder
+
+
+def test_dry_run_does_not_convert_the_built_in_model(tmp_path, capfd, monkeypatch):
+    """`--dry-run` writes nothing: a built-in model not converted yet stays unconverted (its
+    packaged weights are only looked up)."""
+    monkeypatch.setenv("PREFMILL_CACHE", str(tmp_path / "cache"))
+    assert main(["run", str(ROOT / "recipes/quickstart.yaml"), "--dry-run"]) == 0
+    assert "r2.eval" in capfd.readouterr().out
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("dry_run", [False, True])

@@ -237,9 +237,9 @@ def test_quickstart_strict_reward_with_the_relevance_gate(tmp_path, tiny_model_d
 @pytest.mark.vllm
 def test_the_in_process_vllm_engine_through_run(tmp_path, tiny_model_dir, scripted, capsys, monkeypatch):
     """The shipped recipes' default engine (`policy.kind: vllm`, offline, in this process) on the
-    quickstart: two rounds, so the engine samples, is closed before each round trains, and is
-    started again on the round's model for the next round's samples and the evals; a pointwise
-    judge on the policy's model scores every sample."""
+    quickstart: two rounds, so vLLM engines run the base policy and each round's model (round 2
+    samples round 1's model; the completion records name the engine), and a pointwise judge on
+    the policy's model scores every sample."""
     pytest.importorskip("vllm")
     quickstart = ROOT / "recipes/quickstart.yaml"
     judge = f"{{name: judge, kind: judge, backend: {{kind: vllm, model: {tiny_model_dir}}}, reading: logprobs}}"

@@ -174,6 +174,6 @@ def test_sampling_lineage_records_the_resolved_precision_outside_keys_and_finger
         capsys.readouterr()
         assert main(["datasets", "log", "s", "--store", str(store.root)]) == 0     # what `datasets log` prints
         assert stats["precision"] == want and stats["engine"] == "transformers"
-        assert f"engine transformers  precision {want}" in capsys.readouterr().out
+        assert f"on transformers  precision {want}" in capsys.readouterr().out
         got[want] = (rec["fingerprint"], sorted(store.read(out)["sample_id"].to_list()))
     assert got["bfloat16"] == got["float32"]

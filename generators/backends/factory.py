@@ -166,13 +166,14 @@ class BackendConfig(BaseModel):
                              "for recipes with training rounds")
         return self.model_copy(update={"model": str(folder)})
 
-    def model_folder(self) -> Path | None:
-        """The local folder `model` resolves to (None for remote kinds); FileNotFoundError if missing."""
+    def model_folder(self, *, convert: bool = True) -> Path | None:
+        """The local folder `model` resolves to (None for remote kinds, and with `convert=False` for
+        a built-in model not converted yet); FileNotFoundError if missing."""
         if not self.local_model_folder:
             return None
         from generators.models.registry import resolve_model
 
-        return resolve_model(self.model)
+        return resolve_model(self.model, convert=convert)
 
 
 def _vllm(cfg: BackendConfig) -> Backend:

@@ -39,14 +39,22 @@ def builtin_names() -> dict[str, str]:
     return dict(ALIASES)
 
 
-def resolve_model(name_or_path: str | Path) -> Path:
-    """A built-in name (converted on first use) or an existing local folder -> that folder."""
+def resolve_model(name_or_path: str | Path, *, convert: bool = True) -> Path | None:
+    """A built-in name (converted on first use) or an existing local folder -> that folder. With
+    `convert=False` (a dry run: nothing written) a built-in name not converted yet gives None once
+    its packaged weights are found, instead of converting them."""
     text = str(name_or_path)
     aliases = builtin_names()
     p = Path(text).expanduser()
     if p.is_dir():
         return p.resolve()
     if text.lower() in aliases:
+        if not convert:
+            from generators.models import smollm2
+
+            if aliases[text.lower()] == smollm2.NAME and not smollm2.is_converted():
+                smollm2.gguf_path()          # FileNotFoundError naming the package when it is not installed
+                return None
         return pull(aliases[text.lower()])
     choices = ", ".join(sorted(set(aliases.values())))
     raise FileNotFoundError(f"model path {text!r} does not exist; pass a local folder or one of: {choices}")
@@ -71,19 +79,29 @@ def check_model_folder(folder: str | Path) -> Path:
     if not weights:
         raise FileNotFoundError(f"model folder {str(p)!r} has no weights (*.safetensors / *.bin); copy the whole "
                                 "folder written by save_pretrained")
-    empty = sorted(w.name for w in weights if w.stat().st_size == 0)
-    if empty:
-        raise FileNotFoundError(f"model folder {str(p)!r} has an empty weights file ({empty[0]}); copy the whole "
-                                "folder written by save_pretrained again")
-    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+    for index in p.glob("*.index.json"):         # sharded weights: every shard the index names is there
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError):
+            shards = set()
+        weights += [p / name for name in sorted(shards)]
+    for w in weights:
+        if not w.is_file() or w.stat().st_size == 0:     # missing shard, broken link or zero bytes
+            raise FileNotFoundError(f"model folder {str(p)!r} has a missing or empty weights file ({w.name}); copy "
+                                    "the whole folder written by save_pretrained again")
+    if not any((p / name).is_file() for name in TOKENIZER_FILES) and not any(
+            any(p.glob(pattern)) for pattern in TOKENIZER_PATTERNS):
         raise FileNotFoundError(f"model folder {str(p)!r} has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); "
                                 "save the tokenizer into it too (tokenizer.save_pretrained(folder))")
     return p
 
 
-# one of these makes a folder's tokenizer loadable (fast tokenizer, SentencePiece, BPE / WordPiece vocab)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model")
+# one of these makes a folder's tokenizer loadable: a fast tokenizer, a BPE / WordPiece vocab,
+# Mistral's tekken, a tokenizer_config.json (byte-level and custom tokenizers), a SentencePiece
+# or tiktoken model under any name
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tekken.json",
+                   "tokenizer_config.json")
+TOKENIZER_PATTERNS = ("*.model", "*.tiktoken")
 
 
 def pull(name: str) -> Path:

@@ -318,3 +318,22 @@ def test_sdpo_rounds_train_on_their_own_pairs_against_the_previous_model(tmp_pat
     r1, r2 = models.to_dicts()
     assert r1["reference_model"] == str(tiny_model_dir) and r2["reference_model"] == r1["path"]
     assert r2["dataset"].split("@")[0] == f"{recipe.name}.r2.pairs" and "+" not in r2["dataset"]
+
+
+@pytest.mark.slow
+def test_seeds_from_a_saved_hf_dataset_with_chat_messages(tmp_path, tiny_model_dir, scripted, capsys):
+    """`prompts.seeds` pointing at a folder written by `Dataset.save_to_disk`, prompts given as chat
+    messages (`messages_column`) with a system prompt added to each."""
+    from datasets import Dataset
+
+    lines = (ROOT / "recipes/data/seed_prompts.jsonl").read_text().splitlines()[:12]
+    convs = [[{"role": "user", "content": json.loads(x)["prompt"]}] for x in lines]
+    Dataset.from_dict({"conv": convs}).save_to_disk(str(tmp_path / "hf"))
+    extra = ["rounds.count=0", f"prompts.seeds.path={tmp_path / 'hf'}", "prompts.seeds.prompt_column=null",
+             "prompts.seeds.messages_column=conv", "prompts.seeds.system_prompt=Answer briefly."]
+    recipe, store = _run_checked(MULTI_JUDGE, extra, tmp_path, str(tiny_model_dir), scripted.url, capsys)
+    seeds = store.read(f"{recipe.name}.prompts.seeds")
+    assert seeds.height > 0 and set(seeds["source"]) == {"seed:hf"}
+    for m in seeds["messages"].to_list():
+        assert m[0] == {"role": "system", "content": "Answer briefly."} and m[1]["role"] == "user"
+    assert {m[1]["content"] for m in seeds["messages"].to_list()} <= {c[0]["content"] for c in convs}

@@ -33,8 +33,8 @@ from flows.recipe_input import RecipeError
 from flows.stage_tasks import (RETRIED, RUNNERS, NothingToTrain, RunContext, followers_of, start_followers,
                                stop_followers, table_ref)
 from flows.tasks import _is_transient, publish
-from pipelines.objectstore import StoreError, parse_location
-from pipelines.store import Store, default_root
+from pipelines.objectstore import StoreError
+from pipelines.store import Store, check_store_path, default_root
 
 log = logging.getLogger("prefmill.loop")
 
@@ -270,10 +270,7 @@ def check_inputs(recipe: Recipe, *, remote: bool = True) -> None:
 def preflight(recipe: Recipe, root: str) -> None:
     """Everything that can be checked before a stage writes (`check_inputs`), then the store: a
     folder is created only when every input is good, and it must be writable."""
-    if parse_location(str(root)) is None:         # a local folder (not an object-store URI)
-        p = Path(root)
-        if p.exists() and not p.is_dir():
-            raise StoreError(f"store path {str(p)!r} is a file, not a folder; pass --store DIR pointing at a folder")
+    check_store_path(root)
     check_inputs(recipe)
     store = Store(root)
     if isinstance(store.root, Path):

@@ -49,6 +49,15 @@ def default_root() -> Path | str:
     return root if is_uri(root) else Path(root)
 
 
+def check_store_path(root: str | Path) -> None:
+    """A local store path must be a folder or not exist yet (object-store URIs are not checked
+    here); StoreError otherwise. Nothing is created."""
+    if isinstance(root, Path) or parse_location(str(root)) is None:
+        p = Path(root)
+        if p.exists() and not p.is_dir():
+            raise StoreError(f"store path {str(p)!r} is a file, not a folder; pass --store DIR pointing at a folder")
+
+
 class Store(Commits):
     """A folder (or object-store prefix) of versioned Delta tables. Safe for several processes at
     once (Delta's commit protocol: each version is a put-if-absent log entry; concurrent appends retry).
@@ -70,8 +79,7 @@ class Store(Commits):
             self._known: set[str] = set()                              # tables seen to exist (never removed)
             return
         self.root = Path(raw)
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"store path {str(self.root)!r} is a file, not a folder; pass --store DIR pointing at a folder")
+        check_store_path(self.root)
         if create:
             (self.root / "tables").mkdir(parents=True, exist_ok=True)
         elif not (self.root / "tables").is_dir():

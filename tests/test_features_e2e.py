@@ -13,23 +13,13 @@ import json
 import polars as pl
 import pytest
 
-from pipelines.keys import prompt_id
 from pipelines.quarantine import QUARANTINE_TABLE
 from pipelines.stage import lineage_of
 from pipelines.store import Store
-from test_recipes_e2e import ROOT, _run_checked
+from test_recipes_e2e import ROOT, _run_checked, scripted  # noqa: F401  (scripted: a fixture)
 
 MULTI_JUDGE = ROOT / "recipes/multi_judge.yaml"
 MATH_STEPS = ROOT / "recipes/math_steps.yaml"
-
-
-@pytest.fixture(scope="module")
-def scripted():
-    from scripted_model import ScriptedModel
-
-    srv = ScriptedModel()
-    yield srv
-    srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +88,11 @@ def _seeds_parquet(tmp_path) -> tuple[str, list[str]]:
 
 def _eval_set(store_dir, texts: list[str]) -> None:
     """An evaluation set in the store before the run: seed prompts, word for word."""
-    rows = [{"prompt_id": prompt_id([{"role": "user", "content": t}]), "messages": [{"role": "user", "content": t}],
-             "task_type": "open_qa", "constraints": "[]", "reference": None, "source": "eval", "topic_id": None,
-             "split": "heldout"} for t in texts]
-    from pipelines.schemas import empty
+    from pipelines.prompts import prompt_row, prompts_frame
 
-    Store(store_dir).append("evalset.prompts", pl.DataFrame(rows, schema=empty("prompts").schema), kind="prompts")
+    rows = [prompt_row([{"role": "user", "content": t}], task_type="open_qa", source="eval", split="heldout")
+            for t in texts]
+    Store(store_dir).append("evalset.prompts", prompts_frame(rows), kind="prompts")
 
 
 @pytest.mark.slow
@@ -279,8 +268,8 @@ def test_human_reviews_change_the_pairs_of_a_rerun(tmp_path, tiny_model_dir, scr
     `prefmill review` writes them) land in a reviews table; the same recipe rerun with
     `pairs.reviews` swaps the pair people preferred the other way, drops the tie, keeps the
     agreed pair, and reuses every stage before the pairs."""
-    from pipelines.reviews import review_id
     from pipelines.schemas import get_schema
+    from test_pairs_reviews import _review
 
     base = ["rounds.count=0", "pairs.strategy=all_pairs_above_margin", "pairs.max_pairs_per_prompt=3"]
     recipe, store = _run_checked(MULTI_JUDGE, base, tmp_path, str(tiny_model_dir), scripted.url, capsys)
@@ -288,11 +277,7 @@ def test_human_reviews_change_the_pairs_of_a_rerun(tmp_path, tiny_model_dir, scr
     before = store.read(table).sort("pair_id")
     assert before.height >= 3, before.height
     swap, tie, agree = before.head(3).to_dicts()
-    rows = [{"review_id": review_id(p["chosen_id"], p["rejected_id"], "alice"), "pair_id": p["pair_id"],
-             "pairs_table": table, "prompt_id": p["prompt_id"], "chosen_id": p["chosen_id"],
-             "rejected_id": p["rejected_id"], "decision": d, "choice": "A", "shown_first": "chosen", "status": "kept",
-             "drop_reason": None, "canary": False, "reviewer": "alice", "note": None, "seconds": 3.0,
-             "created_at": "2026-12-03T00:00:00Z"} for p, d in ((swap, "rejected"), (tie, "tie"), (agree, "chosen"))]
+    rows = [{**_review(p, d), "pairs_table": table} for p, d in ((swap, "rejected"), (tie, "tie"), (agree, "chosen"))]
     store.append("people.reviews", pl.DataFrame(rows, schema=get_schema("reviews").schema), kind="reviews")
     upstream = {t: store.version(t) for t in store.tables() if ".r1.samples" in t or ".r1.scores." in t}
     recipe, store = _run_checked(MULTI_JUDGE, [*base, "pairs.reviews=people.reviews"], tmp_path,

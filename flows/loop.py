@@ -214,12 +214,29 @@ class _QuietExpectedEnds(logging.Filter):
         return not any(f"{n}(" in msg or f"{n}:" in msg for n in self.NAMES)
 
 
+class _NoRunTracesOnConsole(logging.Filter):
+    """On the console, Prefect's record of a task or flow run that raised keeps its one line and
+    loses its traceback (~100 lines of Prefect's engine frames above prefmill's own `prefmill:
+    error:` line, which names the crash log holding the whole trace). Runs on the console handler,
+    after the run loggers' API handler has sent the record with its traceback to the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def quiet_expected_ends() -> None:
-    """Install `_QuietExpectedEnds` on Prefect's run loggers (idempotent; `prefmill run` without -v)."""
+    """Install `_QuietExpectedEnds` on Prefect's run loggers and `_NoRunTracesOnConsole` on the
+    console handlers (idempotent; `prefmill run` without -v)."""
     for name in ("prefect.task_runs", "prefect.flow_runs"):
         lg = logging.getLogger(name)
         if not any(isinstance(f, _QuietExpectedEnds) for f in lg.filters):
             lg.addFilter(_QuietExpectedEnds())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _NoRunTracesOnConsole) for f in handler.filters):
+            handler.addFilter(_NoRunTracesOnConsole())
 
 
 def check_inputs(recipe: Recipe, *, remote: bool = True) -> None:

@@ -267,6 +267,47 @@ def test_python_dash_m_gives_the_same_one_line_errors(tmp_path):
     assert not (tmp_path / "logs").exists(), "no crash log: these are user errors"
 
 
+@pytest.mark.parametrize("server", ["temporary", "own"])
+def test_a_failure_inside_a_run_prints_lines_not_tracebacks(server, tmp_path, tiny_model_dir):
+    """Weights that pass the folder check but do not load (a corrupt safetensors header) fail inside
+    the sampling task: exit 1, Prefect's one-line records naming the task and the flow run, then
+    `prefmill: error:` naming the crash log; no traceback on the console (the log file and the
+    Prefect server keep it). On the default temporary Prefect API those three lines are all (its
+    queued logs reach it before it stops); on a server of the user's own, Prefect's INFO lines too."""
+    import os
+    import sys
+
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    weights = next(bad.glob("*.safetensors"))
+    with weights.open("r+b") as fh:
+        fh.write(b"\0" * 64)
+    r = write_recipe(tmp_path, recipe_text(seeds(tmp_path, ['{"prompt": "hi"}']), bad))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFMILL_LOG_DIR": str(tmp_path / "logs"),
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    if server == "temporary":
+        env.pop("PREFECT_API_URL", None)
+    elif not env.get("PREFECT_API_URL"):
+        pytest.skip("the test session runs without a Prefect server of its own")
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(r), "--store", str(tmp_path / "store")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and (server == "temporary" or "| INFO " not in ln)]
+    assert p.returncode == 1 and "Traceback" not in p.stderr and len(lines) == 3, p.stderr[-3000:]
+    assert lines[-1].startswith("prefmill: error: SafetensorError: ") and "full trace: " in lines[-1]
+    assert "r1.sample" in lines[0] and "Failed" in lines[0], p.stderr
+    trace = next((tmp_path / "logs").iterdir()).read_text()
+    assert trace.startswith("Traceback") and "stage_tasks.py" in trace and "SafetensorError" in trace
+    if server == "own":                                    # the server kept the traceback
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+        from prefect.client.schemas.sorting import LogSort
+
+        with get_client(sync_client=True) as client:      # newest first: the session's server has many
+            logs = client.read_logs(log_filter=LogFilter(level=LogFilterLevel(ge_=40)), limit=50,
+                                    sort=LogSort.TIMESTAMP_DESC)
+        assert any("SafetensorError" in lg.message and "Traceback" in lg.message for lg in logs)
+
+
 # --------------------------------------------------------------------------------------------
 # store, tables, versions
 # --------------------------------------------------------------------------------------------
